@@ -1,0 +1,6 @@
+"""slimgraph: a declarative compiler that makes neural networks smaller and faster."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -1,0 +1,345 @@
+"""``slimgraph compile``: spec in; INT8 model, report and reference model out.
+
+The pipeline reads as one function, one named step per line. Outputs are written into a
+staging folder beside the destination and moved into place only when every file is
+complete; the input model is never written to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from slimgraph import ir as sir
+from slimgraph._callables import resolve_callable
+from slimgraph.backends.onnx_qdq import lower_qdq
+from slimgraph.backends.onnxruntime import OrtExecutor, OrtOptions
+from slimgraph.benchmark import measure_throughput
+from slimgraph.data import DataSource
+from slimgraph.data.sampling import sample
+from slimgraph.errors import DataError, ModelError, SpecError
+from slimgraph.evaluate import evaluate
+from slimgraph.frontends.onnx import lift_onnx
+from slimgraph.ir.pass_manager import PassRecord
+from slimgraph.ir.quant import QuantDType, QuantScheme
+from slimgraph.passes.calibrate import collect_statistics
+from slimgraph.passes.cleanup import cleanup_passes
+from slimgraph.passes.quantize.config import QuantConfig
+from slimgraph.passes.quantize.insert import InsertQDQ
+from slimgraph.passes.quantize.params import AssignParams
+from slimgraph.passes.quantize.plan import (
+    NODE_PLAN_KEY,
+    NodePlan,
+    PlanQuantization,
+    all_graphs,
+    values_to_calibrate,
+)
+from slimgraph.report import (
+    CompileReport,
+    FloatOp,
+    ModelScore,
+    dump_json,
+    environment,
+    write_text_atomic,
+)
+from slimgraph.spec import SchemeSection, Spec, spec_hash
+from slimgraph.target import Target, TargetChoice, choose, detect, named
+
+__all__ = ["CompileResult", "compile_spec"]
+
+logger = logging.getLogger(__name__)
+
+INT8_MODEL = "model.int8.onnx"
+FP32_MODEL = "model.fp32.onnx"
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    out_dir: Path
+    report: CompileReport
+
+
+class _Stages:
+    """Times each stage and logs one line per stage with its figures."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+
+
+def compile_spec(spec: Spec, out_dir: str | Path) -> CompileResult:
+    """Compile ``spec`` into ``out_dir`` (replaced atomically when the compile succeeds)."""
+    out = Path(out_dir).resolve()
+    _check_output_is_safe(spec, out)
+    stages = _Stages()
+    executor = OrtExecutor(OrtOptions(tuple(spec.runtime.providers), spec.runtime.threads))
+    target = detect() if spec.quantization.target == "auto" else named(spec.quantization.target)
+    choice = choose(target)
+    config = _quant_config(spec, choice)
+
+    with stages.stage("lift"):
+        model = _lift(spec, executor)
+    with stages.stage("clean-up"):
+        records = sir.PassManager(cleanup_passes()).run(model)
+    fp32 = model.clone()
+
+    with stages.stage("plan"):
+        records += sir.PassManager([PlanQuantization(config)]).run(model)
+    with stages.stage("calibrate"):
+        table = _calibrate(spec, model, executor)
+    with stages.stage("quantize"):
+        records += sir.PassManager([AssignParams(table), InsertQDQ()]).run(model)
+        float_ops, counts = _float_ops(model)
+    with stages.stage("lower"):
+        lower_qdq(model)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_ensure_parent(out)))
+    try:
+        with stages.stage("write"):
+            sir.save(model, staging / INT8_MODEL)
+            sir.save(fp32, staging / FP32_MODEL)
+        sessions = {"fp32": executor.session(staging / FP32_MODEL),
+                    "int8": executor.session(staging / INT8_MODEL)}
+        with stages.stage("evaluate"):
+            evaluation = _evaluate(spec, sessions)
+        with stages.stage("benchmark"):
+            speed = _benchmark(spec, sessions)
+        report = _report(spec, target, choice, config, evaluation, speed, staging, records,
+                         float_ops, counts, stages.seconds)
+        write_text_atomic(staging / "report.json", dump_json(report.to_json()))
+        write_text_atomic(staging / "report.md", report.to_markdown())
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("compiled %s: %s", spec.display_name(), report.row())
+    return CompileResult(out, report)
+
+
+# -- steps ---------------------------------------------------------------------------------
+
+
+def _quant_config(spec: Spec, choice: TargetChoice) -> QuantConfig:
+    q = spec.quantization
+    activation = _apply_scheme(choice.activation, q.activations, "activations")
+    weight = _apply_scheme(choice.weight, q.weights, "weights")
+    fmt = choice.format if q.format == "auto" else q.format
+    return QuantConfig(activation, weight, fmt).with_float(
+        op_types=frozenset(q.keep_float.op_types), nodes=frozenset(q.keep_float.nodes)
+    )
+
+
+def _apply_scheme(default: QuantScheme, section: SchemeSection, field: str) -> QuantScheme:
+    scheme = default
+    if section.dtype != "auto":
+        scheme = replace(scheme, dtype=QuantDType(section.dtype))
+    if section.symmetric is not None:
+        scheme = replace(scheme, symmetric=section.symmetric)
+    if section.reduce_range is not None:
+        scheme = replace(scheme, reduce_range=section.reduce_range)
+    if section.per_channel is not None:
+        if field == "activations" and section.per_channel:
+            raise SpecError("quantization.activations.per_channel: activations are quantized "
+                            "per tensor (per-channel activation scales block integer kernels)")
+        scheme = replace(scheme, per_channel=section.per_channel)
+    return scheme
+
+
+def _lift(spec: Spec, executor: OrtExecutor) -> ir.Model:
+    section = spec.model
+    if section.path is not None:
+        model = lift_onnx(section.path)
+        logger.info("lifted %s: %d nodes", section.path.name, model.graph.num_nodes())
+        return model
+    from slimgraph.frontends.pytorch import InputSpec, lift_torch
+
+    factory = resolve_callable(section.factory or "", field="model.factory")
+    kwargs = dict(section.options)
+    if section.weights is not None:
+        kwargs["weights"] = section.weights
+    try:
+        module = factory(**kwargs)
+    except (TypeError, ValueError, OSError, RuntimeError, KeyError) as exc:
+        raise ModelError(f"model.factory: {section.factory} raised {type(exc).__name__}: "
+                         f"{exc}") from exc
+    inputs = [InputSpec(i.name, tuple(i.shape), i.dtype) for i in section.export_inputs()]
+
+    def run(model: ir.Model, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        session = executor.session(model)
+        return session.run(session.bind(arrays))
+
+    model = lift_torch(module, inputs, output_names=section.output_names,
+                       exporter=section.exporter, opset=section.opset, seed=spec.seed,
+                       run_onnx=run)
+    logger.info("lifted %s: %d nodes", section.factory, model.graph.num_nodes())
+    return model
+
+
+def _calibration_source(spec: Spec) -> DataSource:
+    cal = spec.quantization.calibration
+    if spec.data.calibration is not None:
+        source = spec.data.calibration.open()
+    else:
+        source = spec.data.evaluation.open()
+    if len(source) == 0:
+        raise DataError("calibration data is empty")
+    return sample(source, cal.samples, spec.seed)
+
+
+def _calibrate(spec: Spec, model: ir.Model, executor: OrtExecutor) -> sir.CalibrationTable:
+    values = values_to_calibrate(model)
+    source = _calibration_source(spec)
+    session_inputs = [v.name for v in model.graph.inputs]
+    batch_size = spec.quantization.calibration.batch_size
+    feeds = (_feeds(batch.inputs, session_inputs) for batch in source.batches(batch_size))
+    total = -(-len(source) // batch_size)
+    return collect_statistics(model, values, executor, feeds, total_batches=total)
+
+
+def _feeds(inputs: object, names: list[str]) -> dict[str, np.ndarray]:
+    if isinstance(inputs, dict):
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise DataError(f"data gives inputs {sorted(inputs)}, the model needs {missing}")
+        return {n: inputs[n] for n in names}
+    arrays = list(inputs)  # type: ignore[call-overload]
+    if len(arrays) != len(names):
+        raise DataError(f"data gives {len(arrays)} input array(s), the model takes "
+                        f"{len(names)}: {names}")
+    return dict(zip(names, arrays, strict=True))
+
+
+def _evaluate(spec: Spec, sessions: dict[str, object]):  # type: ignore[no-untyped-def]
+    source = spec.data.evaluation.open()
+    if len(source) == 0:
+        raise DataError("data.evaluation: no samples")
+    return evaluate(source, sessions, spec.metric.build, batch_size=spec.data.batch_size,
+                    reference="fp32")
+
+
+def _benchmark(spec: Spec, sessions: dict[str, object]):  # type: ignore[no-untyped-def]
+    bench = spec.benchmark
+    if not bench.enabled:
+        return None
+    source = spec.data.evaluation.open()
+    batch = next(iter(source.batches(bench.batch_size)))
+    feeds = sessions["fp32"].bind(batch.inputs)  # type: ignore[attr-defined]
+    return measure_throughput(sessions, feeds, warmup=bench.warmup,
+                              iterations=bench.iterations, repeats=bench.repeats)
+
+
+def _float_ops(model: ir.Model) -> tuple[list[FloatOp], dict[str, int]]:
+    """Nodes left in FP32 grouped by op type and reason, and how many nodes were quantized."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    quantized = compute = 0
+    for graph in all_graphs(model):
+        for node in graph:
+            plan = node.meta.get(NODE_PLAN_KEY)
+            if not isinstance(plan, NodePlan):
+                continue
+            if plan.absorbed_into is not None:
+                continue
+            compute += 1
+            if plan.quantized:
+                quantized += 1
+            else:
+                groups[(node.op_type, plan.reason)].append(node.name or "<unnamed>")
+    ops = [FloatOp(op, reason, len(names), names) for (op, reason), names in groups.items()]
+    ops.sort(key=lambda f: (-f.count, f.op_type))
+    return ops, {"quantized_nodes": quantized, "compute_nodes": compute}
+
+
+def _report(spec, target: Target, choice: TargetChoice, config: QuantConfig, evaluation,  # type: ignore[no-untyped-def]
+            speed, staging: Path, records: list[PassRecord], float_ops: list[FloatOp],
+            counts: dict[str, int], stages: dict[str, float]) -> CompileReport:
+    def score(name: str, path: Path) -> ModelScore:
+        t = speed[name] if speed else None
+        return ModelScore(
+            accuracy=evaluation.scores[name],
+            throughput=t.samples_per_second if t else None,
+            latency_p50_ms=t.latency_p50_ms if t else None,
+            latency_p90_ms=t.latency_p90_ms if t else None,
+            size_bytes=path.stat().st_size,
+        )
+
+    cal = spec.quantization.calibration
+    cal_from = "data.calibration" if spec.data.calibration is not None else "data.evaluation"
+    bench = spec.benchmark
+    return CompileReport(
+        model=spec.display_name(),
+        metric=evaluation.metric,
+        higher_is_better=evaluation.higher_is_better,
+        fp32=score("fp32", staging / FP32_MODEL),
+        int8=score("int8", staging / INT8_MODEL),
+        evaluated_samples=evaluation.samples,
+        quantization={
+            "target": target.describe(),
+            "reason": choice.reason,
+            "activation": config.activation.describe(),
+            "weight": config.weight.describe(),
+            "format": config.format,
+            "calibration": f"{cal.method} over {cal.samples} samples drawn with seed "
+                           f"{spec.seed} from {cal_from}",
+        },
+        ops={**counts, "fp32_histogram": dict(sir.op_histogram(sir.load(staging / FP32_MODEL))),
+             "int8_histogram": dict(sir.op_histogram(sir.load(staging / INT8_MODEL)))},
+        float_ops=float_ops,
+        passes=[{"name": r.name, "change": r.describe(), "seconds": r.seconds} for r in records],
+        stages=stages,
+        environment=environment(
+            cpu=target.model if target.detected else detect().model,
+            int8_class=target.int8_class.value,
+            cpu_flags=sorted(detect().flags),
+            threads=spec.runtime.threads,
+            providers=list(spec.runtime.providers),
+            seed=spec.seed,
+            spec_hash=spec_hash(spec),
+        ),
+        benchmark={"batch_size": bench.batch_size, "warmup": bench.warmup,
+                   "iterations": bench.iterations, "repeats": bench.repeats,
+                   "threads": spec.runtime.threads} if speed else {},
+    )
+
+
+# -- output safety ---------------------------------------------------------------------------
+
+
+def _check_output_is_safe(spec: Spec, out: Path) -> None:
+    inputs = [p for p in (spec.model.path, spec.model.weights) if p is not None]
+    for path in inputs:
+        resolved = path.resolve()
+        if resolved == out or out in resolved.parents:
+            raise SpecError(f"output folder {out} holds the input {resolved}; compiling would "
+                            "replace it. Choose another output folder")
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"output {out}: expected a folder, found a file")
+
+
+def _ensure_parent(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished staging folder to ``out``, replacing an earlier result."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        out.rename(old / out.name)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)

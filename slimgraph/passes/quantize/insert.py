@@ -1,0 +1,214 @@
+"""Phase two of quantization: materialise the plan as QuantizeLinear/DequantizeLinear nodes.
+
+For each node the plan quantizes, weights become integer initializers behind a
+DequantizeLinear (per channel along the rule's axis), and the bias becomes INT32 with
+scale = input scale x weight scale and zero point 0, which is what integer kernels add to
+their accumulators. Then every value with parameters gets a QuantizeLinear/DequantizeLinear
+pair right after its producer, and its users read the dequantized value. Graph outputs keep
+the float value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import onnx_ir as ir
+
+from slimgraph.errors import PassError
+from slimgraph.ir.quant import (
+    QUANT_PARAMS_KEY,
+    QuantDType,
+    QuantParams,
+    params_from_weight,
+)
+from slimgraph.passes.quantize.plan import (
+    ACTIVATION_REQUEST_KEY,
+    NODE_PLAN_KEY,
+    NodePlan,
+    all_graphs,
+)
+
+__all__ = ["InsertQDQ"]
+
+logger = logging.getLogger(__name__)
+
+_INT32_LIMIT = float(np.iinfo(np.int32).max)
+
+
+class InsertQDQ(ir.passes.InPlacePass):
+    """Rewrite the planned model into a QDQ model."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        counts: Counter[str] = Counter()
+        names = _NameSource(model.graph)
+        for graph in list(all_graphs(model)):
+            _GraphRewriter(graph, counts, names).run()
+        self.counts = counts
+        logger.debug("inserted %s", dict(counts))
+        return ir.passes.PassResult(model, modified=bool(counts))
+
+
+class _GraphRewriter:
+    def __init__(self, graph: ir.Graph, counts: Counter[str], names: _NameSource) -> None:
+        self.graph = graph
+        self.counts = counts
+        self.names = names
+        # One set of scale/zero-point initializers per parameter object, shared by all pairs
+        # that use it, so the runtime sees the same constants.
+        self.param_values: dict[int, tuple[ir.Value, ir.Value]] = {}
+
+    def run(self) -> None:
+        for node in list(self.graph):
+            plan = node.meta.get(NODE_PLAN_KEY)
+            if isinstance(plan, NodePlan) and plan.quantized:
+                self._quantize_constants(node, plan)
+        values = list(self.graph.inputs) + list(self.graph.initializers.values())
+        values += [v for node in list(self.graph) for v in node.outputs]
+        for value in values:
+            params = value.meta.get(QUANT_PARAMS_KEY)
+            if params is not None and ACTIVATION_REQUEST_KEY in value.meta:
+                self._insert_pair(value, params)
+
+    # -- constants: weights, biases, constant activation inputs ---------------------------
+
+    def _quantize_constants(self, node: ir.Node, plan: NodePlan) -> None:
+        weight_params: dict[int, QuantParams] = {}
+        for index, request in plan.weights.items():
+            weight = node.inputs[index]
+            params = params_from_weight(weight.const_value.numpy(), request.scheme,
+                                        axis=request.axis)
+            weight_params[index] = params
+            self._dequantize_constant(node, index, params, "weight")
+        if plan.bias is not None:
+            bias_index, act_index, weight_index = plan.bias
+            act_params = node.inputs[act_index].meta.get(QUANT_PARAMS_KEY)
+            if act_params is not None and weight_index in weight_params:
+                self._quantize_bias(node, bias_index, act_params, weight_params[weight_index])
+        for index, value in enumerate(node.inputs):
+            request = value.meta.get(ACTIVATION_REQUEST_KEY) if value is not None else None
+            if request is not None and request.constant and index not in plan.weights:
+                self._dequantize_constant(node, index, value.meta[QUANT_PARAMS_KEY], "constant")
+
+    def _dequantize_constant(self, node: ir.Node, index: int, params: QuantParams,
+                             kind: str) -> None:
+        value = node.inputs[index]
+        data = value.const_value.numpy()
+        quantized = self._initializer(params.quantize(data), f"{value.name}_quantized")
+        dq = self._dequantize_node(quantized, params, f"{value.name}_dequantized")
+        self.graph.insert_before(node, dq)
+        node.replace_input_with(index, dq.outputs[0])
+        self._drop_if_unused(value)
+        self.counts[f"{kind} DequantizeLinear"] += 1
+
+    def _quantize_bias(self, node: ir.Node, index: int, act: QuantParams,
+                       weight: QuantParams) -> None:
+        value = node.inputs[index]
+        bias = value.const_value.numpy().astype(np.float64)
+        scale = act.scale.astype(np.float64).reshape(-1) * weight.scale.astype(np.float64)
+        scale = np.broadcast_to(scale, bias.shape).copy()
+        quantized = np.rint(bias / scale)
+        if np.any(np.abs(quantized) > _INT32_LIMIT):
+            raise PassError(
+                f"bias {value.name!r} of {node.name!r} does not fit INT32 at scale input x "
+                "weight; its weights are nearly zero: keep this node in float"
+            )
+        params = QuantParams(
+            scale=scale.astype(np.float32),
+            zero_point=np.zeros(scale.shape, dtype=np.int32),
+            dtype=QuantDType.INT32,
+            axis=0,
+            origin="bias",
+        )
+        q_init = self._initializer(quantized.astype(np.int32), f"{value.name}_quantized")
+        dq = self._dequantize_node(q_init, params, f"{value.name}_dequantized")
+        self.graph.insert_before(node, dq)
+        node.replace_input_with(index, dq.outputs[0])
+        self._drop_if_unused(value)
+        self.counts["bias DequantizeLinear"] += 1
+
+    # -- activations ----------------------------------------------------------------------
+
+    def _insert_pair(self, value: ir.Value, params: QuantParams) -> None:
+        uses = [(user, i) for user, i in value.uses() if user.graph is not None]
+        if not uses:
+            return
+        scale, zero_point = self._param_initializers(params)
+        base = value.name or "value"
+        q_out = ir.Value(name=self.names.fresh(f"{base}_q"), type=ir.TensorType(params.dtype.onnx),
+                         shape=value.shape)
+        dq_out = ir.Value(name=self.names.fresh(f"{base}_dq"), type=value.type, shape=value.shape)
+        attrs = {"axis": params.axis} if params.axis is not None else {}
+        q = ir.node("QuantizeLinear", [value, scale, zero_point], attributes=attrs,
+                    outputs=[q_out], name=self.names.fresh(f"{base}_QuantizeLinear"))
+        dq = ir.node("DequantizeLinear", [q_out, scale, zero_point], attributes=attrs,
+                     outputs=[dq_out], name=self.names.fresh(f"{base}_DequantizeLinear"))
+        for user, index in uses:
+            user.replace_input_with(index, dq_out)
+        producer = value.producer()
+        if producer is not None and producer.graph is self.graph:
+            self.graph.insert_after(producer, [q, dq])
+        else:
+            self.graph.insert_before(self._first_user(uses), [q, dq])
+        self.counts["activation Q/DQ pairs"] += 1
+
+    def _first_user(self, uses: list[tuple[ir.Node, int]]) -> ir.Node:
+        position = {node: i for i, node in enumerate(self.graph)}
+        local = [user for user, _ in uses if user in position]
+        if local:
+            return min(local, key=position.__getitem__)
+        # Every use is inside a subgraph: put the pair before the node that holds it.
+        return next(iter(self.graph))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _param_initializers(self, params: QuantParams) -> tuple[ir.Value, ir.Value]:
+        key = id(params)
+        if key not in self.param_values:
+            scale = self._initializer(params.scale.astype(np.float32), "scale")
+            zp = self._initializer(params.zero_point, "zero_point")
+            self.param_values[key] = (scale, zp)
+        return self.param_values[key]
+
+    def _dequantize_node(self, quantized: ir.Value, params: QuantParams, name: str) -> ir.Node:
+        scale = self._initializer(params.scale.astype(np.float32), f"{name}_scale")
+        zp = self._initializer(params.zero_point, f"{name}_zero_point")
+        attrs = {"axis": params.axis} if params.axis is not None else {}
+        out = ir.Value(name=self.names.fresh(name), type=ir.TensorType(ir.DataType.FLOAT),
+                       shape=quantized.shape)
+        return ir.node("DequantizeLinear", [quantized, scale, zp], attributes=attrs,
+                       outputs=[out], name=self.names.fresh(f"{name}_node"))
+
+    def _initializer(self, array: np.ndarray, name: str) -> ir.Value:
+        # np.ascontiguousarray would turn a scalar into a 1-element vector.
+        tensor = ir.tensor(np.array(array, order="C"), name=self.names.fresh(name))
+        value = ir.Value(name=tensor.name, type=ir.TensorType(tensor.dtype),
+                         shape=tensor.shape, const_value=tensor)
+        self.graph.register_initializer(value)
+        return value
+
+    def _drop_if_unused(self, value: ir.Value) -> None:
+        if not value.uses() and value.is_initializer() and not value.is_graph_output():
+            self.graph.initializers.pop(value.name, None)
+
+
+class _NameSource:
+    """Fresh value and node names that do not collide with any name in the graph."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.taken: set[str] = {v.name for v in graph.inputs if v.name}
+        self.taken.update(graph.initializers)
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            self.taken.update(v.name for v in node.outputs if v.name)
+            if node.name:
+                self.taken.add(node.name)
+
+    def fresh(self, stem: str) -> str:
+        name, n = stem, 0
+        while name in self.taken:
+            n += 1
+            name = f"{stem}_{n}"
+        self.taken.add(name)
+        return name
+
