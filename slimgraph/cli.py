@@ -39,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slimgraph: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``slimgraph inspect m.onnx | head``): not an error.
+        sys.stderr.close()
+        return 0
     except SlimgraphError as exc:
         if args.debug:
             raise
@@ -138,11 +142,11 @@ def _inspect(args: argparse.Namespace) -> int:
     histogram = sir.op_histogram(model)
     params = sum(v.const_value.size for g in (model.graph, *model.graph.subgraphs())
                  for v in g.initializers.values() if v.const_value is not None)
-    integer, compute = _integer_share(model)
+    integer, heavy = _integer_share(model)
     print(f"{args.model}: {sum(histogram.values())} nodes, {params:,} parameters, "
           f"{sir.io.model_bytes(model) / 1e6:.2f} MB of weights, opsets "
           f"{dict(model.opset_imports)}")
-    print(f"quantized: {integer} of {compute} compute nodes read integer inputs "
+    print(f"quantized: {integer} of {heavy} Conv/Gemm/MatMul nodes run on integers "
           f"({histogram.get('QuantizeLinear', 0)} QuantizeLinear, "
           f"{histogram.get('DequantizeLinear', 0)} DequantizeLinear)")
     for op, count in sorted(histogram.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -150,23 +154,27 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_HEAVY = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+_INTEGER_HEAVY = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger",
+                            "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"})
 
 
 def _integer_share(model) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    """Compute nodes (not Q/DQ) and how many of them read quantized data."""
+    """Heavy nodes (convolutions and matrix products), and how many run on integers: integer
+    ops, or float ops whose activation input is dequantized (onnxruntime fuses those)."""
     import onnx_ir as ir
 
-    integer = compute = 0
+    integer = heavy = 0
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type in _QDQ:
-            continue
-        compute += 1
-        reads_dq = any(v is not None and v.producer() is not None
-                       and v.producer().op_type == "DequantizeLinear" for v in node.inputs)
-        if reads_dq or node.op_type.startswith("QLinear") or node.op_type.endswith("Integer"):
+        if node.op_type in _INTEGER_HEAVY:
+            heavy += 1
             integer += 1
-    return integer, compute
+        elif node.op_type in _HEAVY:
+            heavy += 1
+            first = node.inputs[0] if node.inputs else None
+            producer = first.producer() if first is not None else None
+            integer += producer is not None and producer.op_type == "DequantizeLinear"
+    return integer, heavy
 
 
 if __name__ == "__main__":

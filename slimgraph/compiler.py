@@ -35,7 +35,7 @@ from slimgraph.ir.quant import QuantDType, QuantScheme
 from slimgraph.passes.calibrate import collect_statistics
 from slimgraph.passes.cleanup import cleanup_passes
 from slimgraph.passes.quantize.config import QuantConfig
-from slimgraph.passes.quantize.insert import InsertQDQ
+from slimgraph.passes.quantize.insert import REDUCED_WEIGHTS_KEY, InsertQDQ
 from slimgraph.passes.quantize.params import AssignParams
 from slimgraph.passes.quantize.plan import (
     NODE_PLAN_KEY,
@@ -52,7 +52,7 @@ from slimgraph.report import (
     environment,
     write_text_atomic,
 )
-from slimgraph.spec import SchemeSection, Spec, spec_hash
+from slimgraph.spec import SchemeSection, Spec, prefix_field, spec_hash
 from slimgraph.target import Target, TargetChoice, choose, detect, named
 
 __all__ = ["CompileResult", "compile_spec"]
@@ -91,6 +91,8 @@ def compile_spec(spec: Spec, out_dir: str | Path) -> CompileResult:
     target = detect() if spec.quantization.target == "auto" else named(spec.quantization.target)
     choice = choose(target)
     config = _quant_config(spec, choice)
+    with stages.stage("open data"):
+        evaluation_data, calibration_data = _open_data(spec)
 
     with stages.stage("lift"):
         model = _lift(spec, executor)
@@ -101,7 +103,7 @@ def compile_spec(spec: Spec, out_dir: str | Path) -> CompileResult:
     with stages.stage("plan"):
         records += sir.PassManager([PlanQuantization(config)]).run(model)
     with stages.stage("calibrate"):
-        table = _calibrate(spec, model, executor)
+        table = _calibrate(spec, model, executor, calibration_data)
     with stages.stage("quantize"):
         records += sir.PassManager([AssignParams(table), InsertQDQ()]).run(model)
         float_ops, counts = _float_ops(model)
@@ -116,9 +118,10 @@ def compile_spec(spec: Spec, out_dir: str | Path) -> CompileResult:
         sessions = {"fp32": executor.session(staging / FP32_MODEL),
                     "int8": executor.session(staging / INT8_MODEL)}
         with stages.stage("evaluate"):
-            evaluation = _evaluate(spec, sessions)
+            evaluation = evaluate(evaluation_data, sessions, spec.metric.build,
+                                  batch_size=spec.data.batch_size, reference="fp32")
         with stages.stage("benchmark"):
-            speed = _benchmark(spec, sessions)
+            speed = _benchmark(spec, sessions, evaluation_data)
         report = _report(spec, target, choice, config, evaluation, speed, staging, records,
                          float_ops, counts, stages.seconds)
         write_text_atomic(staging / "report.json", dump_json(report.to_json()))
@@ -138,7 +141,9 @@ def _quant_config(spec: Spec, choice: TargetChoice) -> QuantConfig:
     activation = _apply_scheme(choice.activation, q.activations, "activations")
     weight = _apply_scheme(choice.weight, q.weights, "weights")
     fmt = choice.format if q.format == "auto" else q.format
-    return QuantConfig(activation, weight, fmt).with_float(
+    # An explicit reduce_range in the spec is honoured as written, everywhere.
+    guard = choice.saturation_guard and q.weights.reduce_range is None
+    return QuantConfig(activation, weight, fmt, saturation_guard=guard).with_float(
         op_types=frozenset(q.keep_float.op_types), nodes=frozenset(q.keep_float.nodes)
     )
 
@@ -189,20 +194,28 @@ def _lift(spec: Spec, executor: OrtExecutor) -> ir.Model:
     return model
 
 
-def _calibration_source(spec: Spec) -> DataSource:
-    cal = spec.quantization.calibration
-    if spec.data.calibration is not None:
-        source = spec.data.calibration.open()
-    else:
-        source = spec.data.evaluation.open()
-    if len(source) == 0:
-        raise DataError("calibration data is empty")
-    return sample(source, cal.samples, spec.seed)
+def _open_data(spec: Spec) -> tuple[DataSource, DataSource]:
+    """The evaluation source and the calibration sample, checked before any slow work."""
+    sources = {}
+    for field in ("evaluation", "calibration"):
+        config = getattr(spec.data, field)
+        if config is None:
+            continue
+        try:
+            source = config.open()
+        except (DataError, SpecError) as exc:
+            raise type(exc)(prefix_field(f"data.{field}", str(exc))) from exc
+        if len(source) == 0:
+            raise DataError(f"data.{field}: no samples")
+        sources[field] = source
+    calibration = sources.get("calibration", sources["evaluation"])
+    sample_count = spec.quantization.calibration.samples
+    return sources["evaluation"], sample(calibration, sample_count, spec.seed)
 
 
-def _calibrate(spec: Spec, model: ir.Model, executor: OrtExecutor) -> sir.CalibrationTable:
+def _calibrate(spec: Spec, model: ir.Model, executor: OrtExecutor,
+               source: DataSource) -> sir.CalibrationTable:
     values = values_to_calibrate(model)
-    source = _calibration_source(spec)
     session_inputs = [v.name for v in model.graph.inputs]
     batch_size = spec.quantization.calibration.batch_size
     feeds = (_feeds(batch.inputs, session_inputs) for batch in source.batches(batch_size))
@@ -223,19 +236,11 @@ def _feeds(inputs: object, names: list[str]) -> dict[str, np.ndarray]:
     return dict(zip(names, arrays, strict=True))
 
 
-def _evaluate(spec: Spec, sessions: dict[str, object]):  # type: ignore[no-untyped-def]
-    source = spec.data.evaluation.open()
-    if len(source) == 0:
-        raise DataError("data.evaluation: no samples")
-    return evaluate(source, sessions, spec.metric.build, batch_size=spec.data.batch_size,
-                    reference="fp32")
-
-
-def _benchmark(spec: Spec, sessions: dict[str, object]):  # type: ignore[no-untyped-def]
+def _benchmark(spec: Spec, sessions: dict[str, object],  # type: ignore[no-untyped-def]
+               source: DataSource):
     bench = spec.benchmark
     if not bench.enabled:
         return None
-    source = spec.data.evaluation.open()
     batch = next(iter(source.batches(bench.batch_size)))
     feeds = sessions["fp32"].bind(batch.inputs)  # type: ignore[attr-defined]
     return measure_throughput(sessions, feeds, warmup=bench.warmup,
@@ -245,9 +250,10 @@ def _benchmark(spec: Spec, sessions: dict[str, object]):  # type: ignore[no-unty
 def _float_ops(model: ir.Model) -> tuple[list[FloatOp], dict[str, int]]:
     """Nodes left in FP32 grouped by op type and reason, and how many nodes were quantized."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    quantized = compute = 0
+    quantized = compute = reduced = 0
     for graph in all_graphs(model):
         for node in graph:
+            reduced += bool(node.meta.get(REDUCED_WEIGHTS_KEY))
             plan = node.meta.get(NODE_PLAN_KEY)
             if not isinstance(plan, NodePlan):
                 continue
@@ -260,7 +266,8 @@ def _float_ops(model: ir.Model) -> tuple[list[FloatOp], dict[str, int]]:
                 groups[(node.op_type, plan.reason)].append(node.name or "<unnamed>")
     ops = [FloatOp(op, reason, len(names), names) for (op, reason), names in groups.items()]
     ops.sort(key=lambda f: (-f.count, f.op_type))
-    return ops, {"quantized_nodes": quantized, "compute_nodes": compute}
+    return ops, {"quantized_nodes": quantized, "compute_nodes": compute,
+                 "seven_bit_weight_nodes": reduced}
 
 
 def _report(spec, target: Target, choice: TargetChoice, config: QuantConfig, evaluation,  # type: ignore[no-untyped-def]

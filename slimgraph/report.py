@@ -102,6 +102,8 @@ class CompileReport:
             f"- nodes quantized: {self.ops.get('quantized_nodes')} of "
             f"{self.ops.get('compute_nodes')}; model size {_mb(self.fp32.size_bytes)} -> "
             f"{_mb(self.int8.size_bytes)}",
+            f"- weights given 7 bits by the saturation guard: "
+            f"{self.ops.get('seven_bit_weight_nodes', 0)} node(s)",
             "",
             "## Ops left in FP32",
             "",

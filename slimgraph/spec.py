@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from slimgraph.data import MetricConfig, SourceConfig
+from slimgraph.data import SOURCE_CONFIGS, MetricConfig, SourceConfig
 from slimgraph.data._common import describe_missing, resolve_path
 from slimgraph.errors import SpecError, closest
 
@@ -42,10 +42,19 @@ def _prefix_errors(prefix: str) -> WrapValidator:
         try:
             return handler(value)
         except SpecError as exc:
-            text = str(exc)
-            raise SpecError(text if text.startswith(prefix) else f"{prefix}.{text}") from exc
+            raise SpecError(prefix_field(prefix, str(exc))) from exc
 
     return WrapValidator(validate)
+
+
+def prefix_field(prefix: str, text: str) -> str:
+    """``prefix.field: ...`` from a nested message that starts ``kind.field: ...``."""
+    if text.startswith(prefix):
+        return text
+    head, sep, rest = text.partition(".")
+    if sep and head in SOURCE_CONFIGS:
+        text = rest
+    return f"{prefix}.{text}" if not text.startswith(":") else f"{prefix}{text}"
 
 
 def _existing_file(value: object, info: ValidationInfo) -> Path:
@@ -135,6 +144,8 @@ class DataSection(_Section):
 
 
 class CalibrationSection(_Section):
+    """How activation ranges are measured."""
+
     method: Literal["minmax"] = Field("minmax", description="How a tensor's range is chosen "
                                       "from its statistics.")
     samples: int = Field(300, ge=1, description="How many samples to calibrate on.")
@@ -155,11 +166,15 @@ class SchemeSection(_Section):
 
 
 class KeepFloatSection(_Section):
+    """Ops never quantized, by type or by name."""
+
     op_types: list[str] = Field(default_factory=list, description="Op types never quantized.")
     nodes: list[str] = Field(default_factory=list, description="Node names never quantized.")
 
 
 class QuantizationSection(_Section):
+    """What to quantize and how; `auto` follows the target CPU."""
+
     approach: Literal["static"] = Field("static", description="static: activations calibrated "
                                         "ahead of time.")
     format: Literal["auto", "qdq"] = Field("auto", description="Output format (auto: by target).")
@@ -175,12 +190,16 @@ class QuantizationSection(_Section):
 
 
 class RuntimeSection(_Section):
+    """How onnxruntime runs the models."""
+
     providers: list[str] = Field(["CPUExecutionProvider"], min_length=1,
                                  description="onnxruntime execution providers, in priority order.")
     threads: int = Field(1, ge=0, description="Intra-op threads (0: onnxruntime's default).")
 
 
 class BenchmarkSection(_Section):
+    """How throughput is measured."""
+
     enabled: bool = Field(True, description="Measure FP32 and INT8 throughput.")
     batch_size: int = Field(1, ge=1, description="Batch size of the throughput runs.")
     warmup: int = Field(20, ge=0, description="Untimed runs before timing.")
@@ -255,7 +274,8 @@ _TYPE_WORDS = {
 
 
 def _describe(exc: ValidationError, data: object) -> str:
-    errors = exc.errors()
+    # An unknown key explains the "missing" error that usually comes with it: show it first.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
     line = _describe_one(first, data)
     if len(errors) > 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx_ir as ir
 
@@ -32,6 +32,9 @@ class QuantConfig:
     by_node: Mapping[str, OpOverride] = field(default_factory=dict)
     # Whether a Relu/Clip right after a quantized op is absorbed into its output range.
     absorb_activations: bool = True
+    # Give 7-bit weights to ops whose activation input has a zero point above the type's
+    # minimum (x86 without VNNI saturates u8 x s8 pair sums on such inputs).
+    saturation_guard: bool = False
 
     def override_for(self, node: ir.Node) -> OpOverride:
         if node.name and node.name in self.by_node:
@@ -50,5 +53,4 @@ class QuantConfig:
         keep = OpOverride(quantize=False)
         by_op = dict(self.by_op_type) | dict.fromkeys(op_types, keep)
         by_node = dict(self.by_node) | dict.fromkeys(nodes, keep)
-        return QuantConfig(self.activation, self.weight, self.format, by_op, by_node,
-                           self.absorb_activations)
+        return replace(self, by_op_type=by_op, by_node=by_node)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import onnx_ir as ir
@@ -30,7 +31,10 @@ from slimgraph.passes.quantize.plan import (
     all_graphs,
 )
 
-__all__ = ["InsertQDQ"]
+__all__ = ["REDUCED_WEIGHTS_KEY", "InsertQDQ"]
+
+# Set on nodes whose weights were given 7 bits by the saturation guard.
+REDUCED_WEIGHTS_KEY = "slimgraph.quant.reduced_weights"
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +81,12 @@ class _GraphRewriter:
         weight_params: dict[int, QuantParams] = {}
         for index, request in plan.weights.items():
             weight = node.inputs[index]
-            params = params_from_weight(weight.const_value.numpy(), request.scheme,
-                                        axis=request.axis)
+            scheme = request.scheme
+            if request.saturation_guard and _input_above_minimum(node, plan):
+                scheme = replace(scheme, reduce_range=True)
+                node.meta[REDUCED_WEIGHTS_KEY] = True
+                self.counts["7-bit weights (saturation guard)"] += 1
+            params = params_from_weight(weight.const_value.numpy(), scheme, axis=request.axis)
             weight_params[index] = params
             self._dequantize_constant(node, index, params, "weight")
         if plan.bias is not None:
@@ -191,6 +199,18 @@ class _GraphRewriter:
     def _drop_if_unused(self, value: ir.Value) -> None:
         if not value.uses() and value.is_initializer() and not value.is_graph_output():
             self.graph.initializers.pop(value.name, None)
+
+
+def _input_above_minimum(node: ir.Node, plan: NodePlan) -> bool:
+    """Whether any activation input of ``node`` has a zero point above its type's minimum."""
+    for index, value in enumerate(node.inputs):
+        if value is None or index in plan.weights:
+            continue
+        params = value.meta.get(QUANT_PARAMS_KEY)
+        if params is not None and params.dtype.bits == 8:
+            if np.any(params.zero_point.astype(np.int64) > params.dtype.range[0]):
+                return True
+    return False
 
 
 class _NameSource:

@@ -65,6 +65,9 @@ class ActivationRequest:
 class WeightRequest:
     scheme: QuantScheme
     axis: int | None
+    # Switch to 7-bit weights when the activation input turns out to have a zero point
+    # above its type's minimum (known only once parameters are assigned).
+    saturation_guard: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,7 +206,8 @@ class _GraphPlanner:
                 axis = None
         if axis is None and scheme.per_channel:
             scheme = replace(scheme, per_channel=False)
-        return WeightRequest(scheme, axis)
+        guard = self.config.saturation_guard and not scheme.reduce_range
+        return WeightRequest(scheme, axis, saturation_guard=guard)
 
     def _plan_output(self, node: ir.Node, rule: OpRule, scheme: QuantScheme,
                      source_index: int) -> None:
