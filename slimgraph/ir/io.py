@@ -78,6 +78,10 @@ def save(model: ir.Model, path: str | os.PathLike[str], *, external_data: bool |
     if external_data is None:
         external_data = model_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = dest.name + ".data" if external_data else None
+    if not external_data:
+        # Weights memory-mapped from another file must be written into this one, or the new
+        # file would point at the old side file. (Loads them into memory, in place.)
+        ir.external_data.load_to_model(model)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         ir.save(model, staging / dest.name, external_data=data_name)

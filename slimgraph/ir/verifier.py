@@ -224,7 +224,10 @@ def _check_order(graph: ir.Graph) -> Iterator[Problem]:
 
 def _check_outputs(graph: ir.Graph) -> Iterator[Problem]:
     for index, value in enumerate(graph.outputs):
-        if not _is_available(value, graph):
+        # onnx-ir links every graph output to its graph, produced or not: check the source.
+        orphan = (value.producer() is None and not value.is_graph_input()
+                  and not value.is_initializer())
+        if orphan or not _is_available(value, graph):
             yield Problem(
                 _describe_graph(graph),
                 f"output {index} {value.name!r} is not produced by any node, input or "

@@ -39,20 +39,22 @@ class FoldConvAdd(ir.passes.InPlacePass):
                                              rank=len(weight.const_value.shape))
             if per_channel is None:
                 continue
-            self._rewrite(graph, conv, add, per_channel)
+            old_bias = conv.inputs[2] if len(conv.inputs) > 2 else None
+            if old_bias is not None and old_bias.const_value is None:
+                return 0  # the bias is computed or a graph input: nothing to fold into
+            self._rewrite(graph, conv, add, old_bias, per_channel)
             return 1
         return 0
 
-    def _rewrite(self, graph: ir.Graph, conv: ir.Node, add: ir.Node, c: np.ndarray) -> None:
-        old_bias = conv.inputs[2] if len(conv.inputs) > 2 else None
-        if old_bias is not None and old_bias.const_value is None:
-            return
+    def _rewrite(self, graph: ir.Graph, conv: ir.Node, add: ir.Node,
+                 old_bias: ir.Value | None, c: np.ndarray) -> None:
+        dtype = conv.inputs[1].const_value.numpy().dtype
         base = old_bias.const_value.numpy() if old_bias is not None else 0.0
-        bias = (base + c).astype(np.float32)
+        bias = (base + c).astype(dtype)
         name = f"{conv.name or 'conv'}_bias_folded"
         while name in graph.initializers:
             name += "_"
-        new_bias = ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT),
+        new_bias = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(bias.dtype)),
                             shape=ir.Shape([bias.shape[0]]), const_value=ir.tensor(bias, name=name))
         graph.register_initializer(new_bias)
         if len(conv.inputs) > 2:
@@ -79,5 +81,5 @@ def _as_channel_vector(c: np.ndarray, channels: int, *, rank: int) -> np.ndarray
         return None
     vector = c.reshape(-1)
     if vector.size == 1:
-        return np.full(channels, vector[0], dtype=np.float32)
-    return vector.astype(np.float32) if vector.size == channels else None
+        return np.full(channels, vector[0], dtype=c.dtype)
+    return vector if vector.size == channels else None
