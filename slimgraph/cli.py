@@ -20,6 +20,7 @@ __all__ = ["main"]
 logger = logging.getLogger("slimgraph.cli")
 
 EXIT_USER_ERROR = 2
+EXIT_GOAL_MISSED = 3
 _QUIET_LIBRARIES = ("onnxscript", "onnx_ir", "torch", "transformers", "urllib3", "PIL")
 QUICKSTART = Path(__file__).resolve().parent.parent / "specs" / "quickstart.yaml"
 
@@ -73,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"spec file, YAML or JSON (default: {QUICKSTART.name})")
     comp.add_argument("-o", "--out", type=Path, default=None,
                       help="output folder (default: out/<name>)")
+    comp.add_argument("--fresh", action="store_true",
+                      help="ignore the tuning log of an earlier, interrupted run")
     comp.set_defaults(run=_compile)
 
     val = sub.add_parser("validate", parents=[common], help="check a spec without compiling")
@@ -109,9 +112,14 @@ def _compile(args: argparse.Namespace) -> int:
         logger.info("no spec given: compiling the quickstart, %s", QUICKSTART)
     spec = load_spec(spec_path)
     out = args.out or Path("out") / _safe_name(spec.display_name())
-    result = compile_spec(spec, out)
+    result = compile_spec(spec, out, fresh=args.fresh)
     print(result.report.row())
     print(f"wrote {result.out_dir}/model.int8.onnx, report.md, report.json")
+    if not result.met_goal:
+        print(f"slimgraph: no candidate met the accuracy goal "
+              f"({result.report.tuning.get('goal')}); wrote the most accurate one",
+              file=sys.stderr)
+        return EXIT_GOAL_MISSED
     return 0
 
 

@@ -23,27 +23,22 @@ import onnx_ir as ir
 from slimgraph import ir as sir
 from slimgraph._callables import resolve_callable
 from slimgraph.backends.onnx_qdq import lower_qdq
+from slimgraph.backends.onnx_qoperator import lower_qoperator
 from slimgraph.backends.onnxruntime import OrtExecutor, OrtOptions
 from slimgraph.benchmark import measure_throughput
+from slimgraph.build import CandidateBuilder, feeds_for, model_identity
 from slimgraph.data import DataSource
 from slimgraph.data.sampling import sample
 from slimgraph.errors import DataError, ModelError, SpecError
-from slimgraph.evaluate import evaluate
+from slimgraph.evaluate import Evaluation, evaluate
 from slimgraph.frontends.onnx import lift_onnx
 from slimgraph.ir.pass_manager import PassRecord
 from slimgraph.ir.quant import QuantDType, QuantScheme
-from slimgraph.passes.calibrate import collect_statistics
+from slimgraph.judge import Judge
 from slimgraph.passes.cleanup import cleanup_passes
 from slimgraph.passes.quantize.config import QuantConfig
-from slimgraph.passes.quantize.insert import REDUCED_WEIGHTS_KEY, InsertQDQ
-from slimgraph.passes.quantize.params import AssignParams
-from slimgraph.passes.quantize.plan import (
-    NODE_PLAN_KEY,
-    NodePlan,
-    PlanQuantization,
-    all_graphs,
-    values_to_calibrate,
-)
+from slimgraph.passes.quantize.insert import REDUCED_WEIGHTS_KEY
+from slimgraph.passes.quantize.plan import NODE_PLAN_KEY, NodePlan, all_graphs
 from slimgraph.report import (
     CompileReport,
     FloatOp,
@@ -54,6 +49,8 @@ from slimgraph.report import (
 )
 from slimgraph.spec import SchemeSection, Spec, prefix_field, spec_hash
 from slimgraph.target import Target, TargetChoice, choose, detect, named
+from slimgraph.tuning.space import Candidate, build_space
+from slimgraph.tuning.tuner import Goal, TrialOutcome, Tuner, TuningResult, Workspace
 
 __all__ = ["CompileResult", "compile_spec"]
 
@@ -67,6 +64,7 @@ FP32_MODEL = "model.fp32.onnx"
 class CompileResult:
     out_dir: Path
     report: CompileReport
+    met_goal: bool
 
 
 class _Stages:
@@ -82,8 +80,12 @@ class _Stages:
         self.seconds[name] = time.perf_counter() - start
 
 
-def compile_spec(spec: Spec, out_dir: str | Path) -> CompileResult:
-    """Compile ``spec`` into ``out_dir`` (replaced atomically when the compile succeeds)."""
+def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> CompileResult:
+    """Compile ``spec`` into ``out_dir`` (replaced atomically when the compile succeeds).
+
+    Tuning keeps its log and best model so far in a workspace beside ``out_dir``; a run that
+    was interrupted resumes from it unless ``fresh``.
+    """
     out = Path(out_dir).resolve()
     _check_output_is_safe(spec, out)
     stages = _Stages()
@@ -97,40 +99,49 @@ def compile_spec(spec: Spec, out_dir: str | Path) -> CompileResult:
     with stages.stage("lift"):
         model = _lift(spec, executor)
     with stages.stage("clean-up"):
-        records = sir.PassManager(cleanup_passes()).run(model)
-    fp32 = model.clone()
+        cleanup_records = sir.PassManager(cleanup_passes()).run(model)
 
-    with stages.stage("plan"):
-        records += sir.PassManager([PlanQuantization(config)]).run(model)
-    with stages.stage("calibrate"):
-        table = _calibrate(spec, model, executor, calibration_data)
-    with stages.stage("quantize"):
-        records += sir.PassManager([AssignParams(table), InsertQDQ()]).run(model)
-        float_ops, counts = _float_ops(model)
-    with stages.stage("lower"):
-        lower_qdq(model)
+    approach, approach_reason = _approach(spec, model)
+    if approach == "weight_only":
+        config = replace(config, weight_only=True)
+    workspace = _workspace(spec, out, model)
+    builder = CandidateBuilder(model, config, executor, calibration_data,
+                               batch_size=spec.quantization.calibration.batch_size,
+                               cache_dir=workspace.path, cache_key=workspace.identity,
+                               method_options=_method_options(spec),
+                               lower=lower_qoperator if config.format == "qoperator"
+                               else lower_qdq,
+                               dynamic=approach == "dynamic")
+    with stages.stage("score FP32"):
+        judge = _judge(spec, executor, model, evaluation_data)
+    with stages.stage("tune"):
+        tuning = _tune(spec, builder, judge, workspace, fresh)
 
+    with stages.stage("build best"):
+        best = builder.build(tuning.best.candidate)
+        float_ops, counts = _float_ops(best.model)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_ensure_parent(out)))
     try:
         with stages.stage("write"):
-            sir.save(model, staging / INT8_MODEL)
-            sir.save(fp32, staging / FP32_MODEL)
+            sir.save(best.model, staging / INT8_MODEL)
+            sir.save(model, staging / FP32_MODEL)
         sessions = {"fp32": executor.session(staging / FP32_MODEL),
                     "int8": executor.session(staging / INT8_MODEL)}
         with stages.stage("evaluate"):
-            evaluation = evaluate(evaluation_data, sessions, spec.metric.build,
-                                  batch_size=spec.data.batch_size, reference="fp32")
+            evaluation = _final_evaluation(spec, judge, tuning, sessions, evaluation_data)
         with stages.stage("benchmark"):
             speed = _benchmark(spec, sessions, evaluation_data)
-        report = _report(spec, target, choice, config, evaluation, speed, staging, records,
-                         float_ops, counts, stages.seconds)
+        report = _report(spec, target, choice, config, evaluation, speed, staging,
+                         cleanup_records + best.records, float_ops, counts, stages.seconds,
+                         tuning, judge)
+        report.quantization.update(approach=approach, approach_reason=approach_reason)
         write_text_atomic(staging / "report.json", dump_json(report.to_json()))
         write_text_atomic(staging / "report.md", report.to_markdown())
         _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("compiled %s: %s", spec.display_name(), report.row())
-    return CompileResult(out, report)
+    return CompileResult(out, report, tuning.met_goal)
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -213,27 +224,100 @@ def _open_data(spec: Spec) -> tuple[DataSource, DataSource]:
     return sources["evaluation"], sample(calibration, sample_count, spec.seed)
 
 
-def _calibrate(spec: Spec, model: ir.Model, executor: OrtExecutor,
-               source: DataSource) -> sir.CalibrationTable:
-    values = values_to_calibrate(model)
-    session_inputs = [v.name for v in model.graph.inputs]
-    batch_size = spec.quantization.calibration.batch_size
-    feeds = (_feeds(batch.inputs, session_inputs) for batch in source.batches(batch_size))
-    total = -(-len(source) // batch_size)
-    return collect_statistics(model, values, executor, feeds, total_batches=total)
+def _approach(spec: Spec, model: ir.Model) -> tuple[str, str]:
+    """The approach the spec asks for, or for ``auto`` the one that suits the model."""
+    asked = spec.quantization.approach
+    if asked != "auto":
+        return asked, "asked for in the spec"
+    if _is_transformer(model):
+        return "dynamic", ("attention found (Softmax between activation MatMuls): dynamic "
+                           "ranges cannot clip the attention mask and run fastest here")
+    return "static", "no attention found: static ranges calibrated ahead of time"
 
 
-def _feeds(inputs: object, names: list[str]) -> dict[str, np.ndarray]:
-    if isinstance(inputs, dict):
-        missing = [n for n in names if n not in inputs]
-        if missing:
-            raise DataError(f"data gives inputs {sorted(inputs)}, the model needs {missing}")
-        return {n: inputs[n] for n in names}
-    arrays = list(inputs)  # type: ignore[call-overload]
-    if len(arrays) != len(names):
-        raise DataError(f"data gives {len(arrays)} input array(s), the model takes "
-                        f"{len(names)}: {names}")
-    return dict(zip(names, arrays, strict=True))
+def _is_transformer(model: ir.Model) -> bool:
+    ops = [n for n in model.graph]
+    has_softmax = any(n.op_type == "Softmax" for n in ops)
+    activation_matmul = any(
+        n.op_type == "MatMul" and all(v is not None and v.const_value is None for v in n.inputs)
+        for n in ops)
+    return has_softmax and activation_matmul
+
+
+def _method_options(spec: Spec) -> dict[str, dict[str, float]]:
+    return {"percentile": {"percentile": spec.quantization.calibration.percentile}}
+
+
+def _workspace(spec: Spec, out: Path, model: ir.Model) -> Workspace:
+    folder = spec.tuning.workspace
+    path = Path(folder).expanduser().resolve() if folder else out.with_name(f"{out.name}.workspace")
+    identity = f"{spec_hash(spec)}-{model_identity(model)}"
+    return Workspace(path, identity)
+
+
+def _judge(spec: Spec, executor: OrtExecutor, fp32: ir.Model, source: DataSource) -> Judge:
+    tuning_source = source
+    if spec.tuning.eval_samples is not None:
+        tuning_source = sample(source, spec.tuning.eval_samples, spec.seed)
+    batch = next(iter(source.batches(spec.benchmark.batch_size)))
+    feeds = feeds_for(batch.inputs, [v.name for v in fp32.graph.inputs])
+    return Judge(tuning_source, spec.metric, batch_size=spec.data.batch_size, executor=executor,
+                 fp32=fp32, bench_feeds=feeds)
+
+
+def _tune(spec: Spec, builder: CandidateBuilder, judge: Judge, workspace: Workspace,
+          fresh: bool) -> TuningResult:
+    t = spec.tuning
+    higher = judge.higher_is_better if t.higher_is_better is None else t.higher_is_better
+    relative = t.criterion.relative
+    if relative is None and t.criterion.absolute is None:
+        relative = 0.01
+    goal = Goal(relative, t.criterion.absolute, higher)
+    start_method = spec.quantization.calibration.method
+    planned, _ = builder.plan(Candidate(method=start_method))
+    quantized = [n for n in planned.graph if _is_planned_quantized(n)]
+    methods = tuple(dict.fromkeys([start_method, *t.methods]))
+    if builder.dynamic or builder.config.weight_only:
+        methods = (start_method,)  # no calibrated ranges to choose between
+    space = build_space(planned, quantized, methods, seed=spec.seed)
+
+    def run_trial(candidate: Candidate, measure_objective: bool) -> TrialOutcome:
+        built = builder.build(candidate)
+        score = judge.score(built.model)
+        objective = None
+        if measure_objective and judge_meets(goal, score, judge.fp32_score):
+            objective = (judge.speedup(built.model) if t.objective == "performance"
+                         else judge.size(built.model))
+        return TrialOutcome(built.model, score, objective)
+
+    tuner = Tuner(strategy_name=t.strategy, space=space,
+                  start=Candidate(method=start_method, label="all quantizable ops in INT8"),
+                  goal=goal, fp32_score=judge.fp32_score, run_trial=run_trial,
+                  op_errors=builder.op_errors, workspace=workspace, max_trials=t.max_trials,
+                  timeout_s=t.timeout_s, objective=t.objective)
+    return tuner.run(fresh=fresh)
+
+
+def judge_meets(goal: Goal, score: float, fp32: float) -> bool:
+    return goal.met(score, fp32)
+
+
+def _is_planned_quantized(node: ir.Node) -> bool:
+    plan = node.meta.get(NODE_PLAN_KEY)
+    return isinstance(plan, NodePlan) and plan.quantized
+
+
+def _final_evaluation(spec: Spec, judge: Judge, tuning: TuningResult,  # type: ignore[no-untyped-def]
+                      sessions: dict[str, object], source: DataSource):
+    """Scores of FP32 and the chosen model on all evaluation data (reused from tuning when
+    the trials were scored on all of it)."""
+    if spec.tuning.eval_samples is None and tuning.best.score is not None:
+        fp32 = judge.fp32_evaluation
+        return Evaluation(fp32.metric, fp32.higher_is_better,
+                          {"fp32": fp32.scores["fp32"], "int8": tuning.best.score},
+                          fp32.samples, fp32.seconds)
+    return evaluate(source, sessions, spec.metric.build, batch_size=spec.data.batch_size,
+                    reference="fp32")
 
 
 def _benchmark(spec: Spec, sessions: dict[str, object],  # type: ignore[no-untyped-def]
@@ -272,7 +356,8 @@ def _float_ops(model: ir.Model) -> tuple[list[FloatOp], dict[str, int]]:
 
 def _report(spec, target: Target, choice: TargetChoice, config: QuantConfig, evaluation,  # type: ignore[no-untyped-def]
             speed, staging: Path, records: list[PassRecord], float_ops: list[FloatOp],
-            counts: dict[str, int], stages: dict[str, float]) -> CompileReport:
+            counts: dict[str, int], stages: dict[str, float], tuning: TuningResult,
+            judge: Judge) -> CompileReport:
     def score(name: str, path: Path) -> ModelScore:
         t = speed[name] if speed else None
         return ModelScore(
@@ -299,9 +384,10 @@ def _report(spec, target: Target, choice: TargetChoice, config: QuantConfig, eva
             "activation": config.activation.describe(),
             "weight": config.weight.describe(),
             "format": config.format,
-            "calibration": f"{cal.method} over {cal.samples} samples drawn with seed "
-                           f"{spec.seed} from {cal_from}",
+            "calibration": f"{tuning.best.candidate.method} over {cal.samples} samples "
+                           f"drawn with seed {spec.seed} from {cal_from}",
         },
+        tuning=_tuning_summary(spec, tuning, judge),
         ops={**counts, "fp32_histogram": dict(sir.op_histogram(sir.load(staging / FP32_MODEL))),
              "int8_histogram": dict(sir.op_histogram(sir.load(staging / INT8_MODEL)))},
         float_ops=float_ops,
@@ -320,6 +406,30 @@ def _report(spec, target: Target, choice: TargetChoice, config: QuantConfig, eva
                    "iterations": bench.iterations, "repeats": bench.repeats,
                    "threads": spec.runtime.threads} if speed else {},
     )
+
+
+def _tuning_summary(spec: Spec, tuning: TuningResult, judge: Judge) -> dict[str, object]:
+    t = spec.tuning
+    fp32 = judge.fp32_score
+
+    def ratio(score: float | None) -> float | None:
+        return None if score is None or fp32 == 0 else (score - fp32) / abs(fp32)
+
+    return {
+        "strategy": t.strategy,
+        "goal": (f"absolute loss <= {t.criterion.absolute:g}" if t.criterion.absolute
+                 is not None else f"relative loss <= {(t.criterion.relative or 0.01) * 100:g}%"),
+        "objective": t.objective,
+        "met_goal": tuning.met_goal,
+        "stopped_because": tuning.stopped_because,
+        "best_trial": tuning.best.index,
+        "scored_on": (f"{t.eval_samples} sampled evaluation samples" if t.eval_samples
+                      else "all evaluation samples"),
+        "trials": [{"index": tr.index, "change": tr.candidate.label, "score": tr.score,
+                    "accuracy_ratio": ratio(tr.score), "meets_goal": tr.meets_goal,
+                    "objective": tr.objective, "seconds": tr.seconds, "error": tr.error,
+                    "resumed": tr.resumed} for tr in tuning.trials],
+    }
 
 
 # -- output safety ---------------------------------------------------------------------------

@@ -38,12 +38,12 @@ def evaluate(
     make_metric: Callable[[], Metric],
     *,
     batch_size: int,
-    reference: str,
+    reference: str | None,
 ) -> Evaluation:
     """Score every session in ``sessions`` (name -> OrtSession-like) on ``source``.
 
     ``reference`` names the session whose outputs agreement metrics (cosine, MSE) compare
-    against; it scores itself too, trivially.
+    against; it scores itself too, trivially. It may be None for metrics that need none.
     """
     metrics = {name: make_metric() for name in sessions}
     for metric in metrics.values():
@@ -55,9 +55,12 @@ def evaluate(
     for batch in track(source.batches(batch_size), total=total, desc="evaluating"):
         if first.needs_labels and batch.labels is None:
             raise DataError(f"metric {first.name} needs labels; the evaluation data has none")
+        if first.needs_reference and reference is None:
+            raise ValueError(f"metric {first.name} compares with a reference model; none given")
         outputs = {name: _run(session, batch.inputs) for name, session in sessions.items()}
         for name, metric in metrics.items():
-            metric.update(outputs[name], batch.labels, outputs[reference])
+            metric.update(outputs[name], batch.labels,
+                          outputs[reference] if reference is not None else None)
         samples += batch.size
     if samples == 0:
         raise DataError("evaluation data is empty: no sample was read")

@@ -51,6 +51,7 @@ class CompileReport:
     stages: dict[str, float]
     environment: dict[str, Any]
     benchmark: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accuracy_ratio(self) -> float:
@@ -96,6 +97,7 @@ class CompileReport:
             "## Quantization",
             "",
             f"- target: {q.get('target')}; {q.get('reason')}",
+            f"- approach: {q.get('approach')} ({q.get('approach_reason')})",
             f"- activations: {q.get('activation')}; weights: {q.get('weight')}; "
             f"format: {q.get('format')}",
             f"- calibration: {q.get('calibration')}",
@@ -115,6 +117,7 @@ class CompileReport:
                 lines.append(f"| {op.op_type} | {op.count} | {op.reason} | {shown} |")
         else:
             lines.append("None: every op with an integer kernel runs on integers.")
+        lines += self._tuning_lines()
         lines += ["", "## Passes", "", "| pass | change | seconds |", "|---|---|---|"]
         lines += [f"| {p['name']} | {p['change']} | {p['seconds']:.2f} |" for p in self.passes]
         lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
@@ -132,6 +135,36 @@ class CompileReport:
             "",
         ]
         return "\n".join(lines)
+
+
+    def _tuning_lines(self) -> list[str]:
+        t = self.tuning
+        if not t:
+            return []
+        verdict = "met" if t["met_goal"] else "NOT met: this is the most accurate model found"
+        lines = [
+            "",
+            "## Tuning",
+            "",
+            f"Goal: {t['goal']} against FP32, scored on {t['scored_on']}; {verdict}. Strategy "
+            f"{t['strategy']}, objective {t['objective']}; stopped because "
+            f"{t['stopped_because']}. Chosen: trial {t['best_trial']}.",
+            "",
+            "| trial | change | score | ratio | goal | objective | seconds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for tr in t["trials"]:
+            if tr["error"]:
+                lines.append(f"| {tr['index']} | {tr['change']} | failed: {tr['error']} | | | | "
+                             f"{tr['seconds']:.1f} |")
+                continue
+            objective = "" if tr["objective"] is None else f"{tr['objective']:.3g}"
+            mark = " (resumed)" if tr["resumed"] else ""
+            lines.append(
+                f"| {tr['index']}{mark} | {tr['change']} | {tr['score']:.4f} | "
+                f"{tr['accuracy_ratio'] * 100:+.2f}% | {'met' if tr['meets_goal'] else 'missed'}"
+                f" | {objective} | {tr['seconds']:.1f} |")
+        return lines
 
 
 def _pct(value: float) -> str:

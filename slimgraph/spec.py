@@ -61,7 +61,10 @@ def _existing_file(value: object, info: ValidationInfo) -> Path:
     label = f"model.{info.field_name}"
     if not isinstance(value, str | os.PathLike):
         raise SpecError(f"{label}: expected a path, found {value!r}")
-    path = resolve_path(value, info)
+    try:
+        path = resolve_path(value, info)
+    except SpecError as exc:
+        raise SpecError(prefix_field("model", str(exc))) from exc
     if not path.exists():
         raise SpecError(describe_missing(path, label, value))
     if not path.is_file():
@@ -146,8 +149,11 @@ class DataSection(_Section):
 class CalibrationSection(_Section):
     """How activation ranges are measured."""
 
-    method: Literal["minmax"] = Field("minmax", description="How a tensor's range is chosen "
-                                      "from its statistics.")
+    method: Literal["minmax", "percentile", "entropy", "mse"] = Field(
+        "minmax", description="How a tensor's range is chosen from its statistics: min-max, "
+        "a percentile, least KL divergence (entropy) or least squared error (mse).")
+    percentile: float = Field(99.999, gt=50, le=100, description="percentile method only: "
+                              "the percentile of values kept inside the range.")
     samples: int = Field(300, ge=1, description="How many samples to calibrate on.")
     batch_size: int = Field(16, ge=1, description="Samples per calibration batch (memory "
                             "grows with this, not with the sample count).")
@@ -175,9 +181,13 @@ class KeepFloatSection(_Section):
 class QuantizationSection(_Section):
     """What to quantize and how; `auto` follows the target CPU."""
 
-    approach: Literal["static"] = Field("static", description="static: activations calibrated "
-                                        "ahead of time.")
-    format: Literal["auto", "qdq"] = Field("auto", description="Output format (auto: by target).")
+    approach: Literal["auto", "static", "dynamic", "weight_only"] = Field(
+        "auto", description="static: activation ranges calibrated ahead of time; dynamic: "
+        "measured at run time (transformers, LSTMs); weight_only: INT8 weights, float "
+        "compute (size only); auto: dynamic for transformers, static otherwise.")
+    format: Literal["auto", "qdq", "qoperator"] = Field(
+        "auto", description="qdq: QuantizeLinear/DequantizeLinear around float ops; "
+        "qoperator: integer operators (QLinearConv...); auto: by target.")
     target: str = Field("auto", description="CPU class to compile for: auto (this machine), "
                         "x86-vnni, x86-amx, x86-avx512, x86-avx2, arm64-dotprod, arm64.")
     activations: SchemeSection = Field(default_factory=SchemeSection,
@@ -187,6 +197,49 @@ class QuantizationSection(_Section):
                                             description="Calibration settings.")
     keep_float: KeepFloatSection = Field(default_factory=KeepFloatSection,
                                          description="Ops to leave in FP32.")
+
+
+class CriterionSection(_Section):
+    """The accuracy loss allowed against FP32: relative or absolute, not both."""
+
+    relative: float | None = Field(None, ge=0, lt=1, description="Largest relative loss, "
+                                   "e.g. 0.01 for 1 % (the default when neither is given).")
+    absolute: float | None = Field(None, ge=0, description="Largest absolute loss in the "
+                                   "metric's units, e.g. 0.005.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CriterionSection:
+        if self.relative is not None and self.absolute is not None:
+            raise SpecError("tuning.criterion: give 'relative' or 'absolute', not both")
+        return self
+
+
+class TuningSection(_Section):
+    """Accuracy-driven tuning: the goal, the search and its budget."""
+
+    criterion: CriterionSection = Field(default_factory=CriterionSection,
+                                        description="Accuracy loss allowed against FP32 "
+                                        "(default: 1 % relative).")
+    higher_is_better: bool | None = Field(None, description="Whether a larger metric is "
+                                          "better (default: the metric's own direction).")
+    strategy: Literal["basic", "conservative", "mse", "exhaustive", "random", "bayesian"] = (
+        Field("basic", description="Search order; see the README's Tuning section."))
+    max_trials: int = Field(100, ge=1, description="Most candidates to build and score.")
+    timeout_s: float = Field(0, ge=0, description="0: stop at the first candidate that meets "
+                             "the goal; otherwise keep searching for the best objective for "
+                             "this many seconds.")
+    objective: Literal["performance", "size"] = Field("performance", description="What "
+                                                      "'best' means among candidates that "
+                                                      "meet the goal.")
+    methods: list[Literal["minmax", "percentile", "entropy", "mse"]] = Field(
+        ["minmax", "percentile", "entropy", "mse"], min_length=1,
+        description="Range methods the strategies may try (the first trial uses "
+        "quantization.calibration.method).")
+    eval_samples: int | None = Field(None, ge=1, description="Score trials on this many "
+                                     "evaluation samples (spread over the set) for speed; the "
+                                     "final model is scored on all of them.")
+    workspace: str | None = Field(None, description="Folder for the trial log, statistics "
+                                  "and best model so far (default: <output>.workspace).")
 
 
 class RuntimeSection(_Section):
@@ -222,6 +275,8 @@ class Spec(_Section):
                                     description="How models are run.")
     benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection,
                                         description="How speed is measured.")
+    tuning: TuningSection = Field(default_factory=TuningSection,
+                                  description="Accuracy goal and the search for it.")
     seed: int = Field(0, description="Seed for sampling and anything random.")
 
     def display_name(self) -> str:

@@ -9,6 +9,7 @@ that tuning trials reuse it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -19,54 +20,117 @@ import numpy as np
 
 __all__ = ["CalibrationTable", "Histogram", "TensorStats"]
 
+# The narrowest range a histogram starts with (the smallest normal float32): a first batch of
+# zeros gets a range this small, and the first non-zero batch widens it to its own scale.
+_MIN_SPAN = 2.0**-126
+
 
 @dataclass
 class Histogram:
-    """A histogram over a symmetric or one-sided range that widens by merging bins.
+    """Counts over ``bins`` equal bins of ``[edges_min, edges_max]`` that widen by merging.
 
-    When a batch falls outside the current range the range doubles (bins merge pairwise), so
-    the bin count stays fixed and earlier counts stay valid.
+    The range is one-sided, ``[0, m]``, while every value seen is non-negative, and symmetric,
+    ``[-m, m]``, once a negative one arrives. ``m`` is a power of two strictly above every
+    magnitude seen, so all edges are exact binary fractions and zero is an edge of a
+    symmetric range. When a batch does not fit, ``m`` doubles and pairs of bins merge: every
+    old bin lies inside exactly one new bin, so earlier counts stay exact and the counts
+    equal those of one ``np.histogram`` over all the data with the final range, whatever the
+    batching. NaN and infinities are not counted.
     """
 
     bins: int
     edges_max: float = 0.0
     edges_min: float = 0.0
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # How many of the counted values are exactly zero (ReLU's floor, padding): they sit in the
+    # bin starting at zero, and every quantization grid represents them exactly.
+    zeros: int = 0
+
+    def __post_init__(self) -> None:
+        # Symmetric widening puts the merged bins in the middle half, so the bin count must
+        # split in quarters.
+        if self.bins < 4 or self.bins % 4:
+            raise ValueError(
+                f"histogram bins: expected a positive multiple of 4, found {self.bins}"
+            )
 
     def update(self, x: np.ndarray) -> None:
+        """Count the finite values of ``x``, widening the range first when they do not fit."""
+        x = np.asarray(x)
+        finite = np.isfinite(x)
+        self._add(x if finite.all() else x[finite])
+
+    def _add(self, x: np.ndarray) -> None:
         if x.size == 0:
             return
         lo, hi = float(x.min()), float(x.max())
         if self.counts.size == 0:
             self.counts = np.zeros(self.bins, dtype=np.int64)
-            span = max(abs(lo), abs(hi), 1e-8)
-            self.edges_min, self.edges_max = (-span if lo < 0 else 0.0), span
-        while lo < self.edges_min or hi > self.edges_max:
-            self._widen(to_negative=lo < self.edges_min and self.edges_min == 0.0)
-        counts, _ = np.histogram(x, bins=self.bins, range=(self.edges_min, self.edges_max))
-        self.counts += counts
+            self.edges_max = _power_of_two_above(max(-lo, hi))
+            self.edges_min = -self.edges_max if lo < 0 else 0.0
+        while not self._covers(lo, hi):
+            self._widen(to_negative=lo < 0 and self.edges_min == 0.0)
+        # numpy scalars keep the edges in float64 whatever the data's type; they are exact.
+        span = (np.float64(self.edges_min), np.float64(self.edges_max))
+        self.counts += np.histogram(x, bins=self.bins, range=span)[0]
+        self.zeros += int(x.size - np.count_nonzero(x))
+
+    def _covers(self, lo: float, hi: float) -> bool:
+        # Strictly inside on the right: np.histogram closes its last bin, and a value on the
+        # closed edge would land in a different bin after the next widening.
+        return self.edges_min <= lo and hi < self.edges_max and -lo < self.edges_max
 
     def _widen(self, *, to_negative: bool) -> None:
         merged = self.counts.reshape(-1, 2).sum(axis=1)
+        half = np.zeros(self.bins // 2, dtype=np.int64)
         if to_negative:
-            # One-sided [0, m] becomes symmetric [-m, m]: the old bins fill the upper half.
-            self.counts = np.concatenate([np.zeros(self.bins // 2, dtype=np.int64), merged])
+            # [0, m] becomes [-m, m]: the old bins, merged in pairs, fill the upper half.
+            self.counts = np.concatenate([half, merged])
             self.edges_min = -self.edges_max
-            return
-        if self.edges_min < 0:
-            # Symmetric: double both ends, keeping zero on a bin edge in the middle.
+        elif self.edges_min < 0:
+            # [-m, m] becomes [-2m, 2m]: the merged bins fill the middle half, zero stays in
+            # the middle.
             quarter = self.bins // 4
-            new = np.zeros(self.bins, dtype=np.int64)
-            new[quarter : quarter + merged.size] = merged
-            self.counts = new
+            self.counts = np.concatenate([half[:quarter], merged, half[:quarter]])
             self.edges_min *= 2
+            self.edges_max *= 2
         else:
-            self.counts = np.concatenate([merged, np.zeros(self.bins // 2, dtype=np.int64)])
-        self.edges_max *= 2
+            self.counts = np.concatenate([merged, half])
+            self.edges_max *= 2
 
     @property
     def edges(self) -> np.ndarray:
         return np.linspace(self.edges_min, self.edges_max, self.bins + 1)
+
+    @property
+    def width(self) -> float:
+        """The width of one bin."""
+        return (self.edges_max - self.edges_min) / self.bins
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def magnitude(self) -> tuple[np.ndarray, np.ndarray]:
+        """Counts and edges of ``|x|`` over ``[0, edges_max]``.
+
+        Exact for a symmetric range because zero is the middle edge: bin ``k`` above zero and
+        its mirror below fold into one. (A histogram read from an older table whose range
+        was not a power of two may not have zero on an edge; its fold is approximate.)
+        """
+        if self.edges_min >= 0 or self.counts.size == 0:
+            return self.counts.copy(), self.edges
+        middle = self.bins // 2
+        folded = self.counts[middle:] + self.counts[:middle][::-1]
+        return folded, np.linspace(0.0, self.edges_max, middle + 1)
+
+
+def _power_of_two_above(magnitude: float) -> float:
+    """The smallest power of two strictly above ``magnitude`` (and not below the floor)."""
+    if magnitude < _MIN_SPAN:
+        return _MIN_SPAN
+    _, exponent = math.frexp(magnitude)  # magnitude = f * 2**exponent with 0.5 <= f < 1
+    return math.ldexp(1.0, exponent)
 
 
 @dataclass
@@ -79,16 +143,19 @@ class TensorStats:
     histogram: Histogram | None = None
 
     def update(self, x: np.ndarray) -> None:
+        """Fold the finite values of ``x`` into the summary; NaN and infinities are skipped."""
+        x = np.asarray(x)
         if x.size == 0:
             return
-        finite = x[np.isfinite(x)] if not np.all(np.isfinite(x)) else x
+        mask = np.isfinite(x)
+        finite = x if mask.all() else x[mask]
         if finite.size == 0:
             return
         self.min = min(self.min, float(finite.min()))
         self.max = max(self.max, float(finite.max()))
         self.count += int(finite.size)
         if self.histogram is not None:
-            self.histogram.update(finite)
+            self.histogram._add(finite)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"min": self.min, "max": self.max, "count": self.count}
@@ -98,6 +165,7 @@ class TensorStats:
                 "edges_min": self.histogram.edges_min,
                 "edges_max": self.histogram.edges_max,
                 "counts": self.histogram.counts.tolist(),
+                "zeros": self.histogram.zeros,
             }
         return out
 
@@ -111,6 +179,7 @@ class TensorStats:
                 edges_min=float(hist["edges_min"]),
                 edges_max=float(hist["edges_max"]),
                 counts=np.asarray(hist["counts"], dtype=np.int64),
+                zeros=int(hist.get("zeros", 0)),  # absent from tables of earlier versions
             )
         return stats
 

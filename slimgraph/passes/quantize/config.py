@@ -35,6 +35,8 @@ class QuantConfig:
     # Give 7-bit weights to ops whose activation input has a zero point above the type's
     # minimum (x86 without VNNI saturates u8 x s8 pair sums on such inputs).
     saturation_guard: bool = False
+    # Quantize only the weights of ops that have them; activations stay float.
+    weight_only: bool = False
 
     def override_for(self, node: ir.Node) -> OpOverride:
         if node.name and node.name in self.by_node:

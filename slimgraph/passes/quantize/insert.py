@@ -207,9 +207,11 @@ def _input_above_minimum(node: ir.Node, plan: NodePlan) -> bool:
         if value is None or index in plan.weights:
             continue
         params = value.meta.get(QUANT_PARAMS_KEY)
-        if params is not None and params.dtype.bits == 8:
-            if np.any(params.zero_point.astype(np.int64) > params.dtype.range[0]):
-                return True
+        low = params.dtype.range[0] if params is not None else 0
+        if params is not None and params.dtype.bits == 8 and np.any(
+            params.zero_point.astype(np.int64) > low
+        ):
+            return True
     return False
 
 

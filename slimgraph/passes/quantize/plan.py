@@ -133,12 +133,26 @@ class _GraphPlanner:
             return NodePlan(False, f"no integer kernel for {node.op_type} in this format")
         if not self.config.override_for(node).quantize:
             return NodePlan(False, "kept in float by the spec")
+        if self.config.weight_only:
+            return self._weights_only(node, rule)
         if not self.observable:
             return NodePlan(False, "inside a subgraph, where calibration cannot observe values")
         why_not = self._blocker(node, rule)
         if why_not:
             return NodePlan(False, why_not)
         return self._quantize(node, rule)
+
+    def _weights_only(self, node: ir.Node, rule: OpRule) -> NodePlan:
+        weights = {}
+        for index, value in enumerate(node.inputs):
+            role = rule.role(index)
+            if (value is not None and value.const_value is not None
+                    and role in (InputRole.WEIGHT, InputRole.WEIGHT_OR_ACTIVATION)
+                    and value.dtype in _FLOAT_TYPES):
+                weights[index] = self._weight_request(node, rule, value)
+        if not weights:
+            return NodePlan(False, "no constant weight to quantize")
+        return NodePlan(True, "weights in INT8", weights=weights)
 
     def _blocker(self, node: ir.Node, rule: OpRule) -> str | None:
         """Why ``node`` cannot be quantized under ``rule``, or None when it can."""

@@ -1,0 +1,232 @@
+"""Building INT8 candidates from one cleaned FP32 model, sharing calibration statistics.
+
+Every tuning trial plans, quantizes and lowers a fresh copy of the FP32 model. Statistics
+are gathered once per tensor and cached (in memory and in the workspace, keyed by the model,
+the calibration data and the seed), so a trial that needs a tensor no earlier trial needed
+streams the calibration data only for the missing tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from slimgraph import ir as sir
+from slimgraph.backends.onnx_qdq import lower_qdq
+from slimgraph.data import DataSource
+from slimgraph.errors import DataError
+from slimgraph.ir.pass_manager import PassRecord
+from slimgraph.ir.stats import CalibrationTable
+from slimgraph.passes.calibrate import collect_statistics
+from slimgraph.passes.protocols import Executor
+from slimgraph.passes.quantize.config import QuantConfig
+from slimgraph.passes.quantize.dynamic import InsertDynamic, PlanDynamic
+from slimgraph.passes.quantize.insert import InsertQDQ
+from slimgraph.passes.quantize.params import AssignParams
+from slimgraph.passes.quantize.plan import (
+    NODE_PLAN_KEY,
+    NodePlan,
+    PlanQuantization,
+    values_to_calibrate,
+)
+from slimgraph.passes.quantize.ranges import DEFAULT_BINS, needs_histogram, range_method
+from slimgraph.tuning.space import Candidate
+
+__all__ = ["Built", "CandidateBuilder", "feeds_for"]
+
+logger = logging.getLogger(__name__)
+
+# Batches used to compare each op's output with FP32 (the mse strategy's sensitivity).
+_ERROR_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class Built:
+    """A candidate model and the records of the passes that made it."""
+
+    model: ir.Model
+    records: list[PassRecord]
+
+
+class CandidateBuilder:
+    """Plans, quantizes and lowers copies of ``fp32`` under candidates of ``config``."""
+
+    def __init__(
+        self,
+        fp32: ir.Model,
+        config: QuantConfig,
+        executor: Executor,
+        calibration: DataSource,
+        *,
+        batch_size: int,
+        cache_dir: Path | None,
+        cache_key: str,
+        method_options: Mapping[str, Mapping[str, float]] | None = None,
+        lower: Callable[[ir.Model], ir.Model] = lower_qdq,
+        dynamic: bool = False,
+    ) -> None:
+        self.fp32 = fp32
+        self.config = config
+        self.executor = executor
+        self.calibration = calibration
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.cache_key = cache_key
+        self.lower = lower
+        self.dynamic = dynamic
+        self.method_options = dict(method_options or {})
+        self._tables: dict[bool, CalibrationTable] = {}
+
+    def config_for(self, candidate: Candidate) -> QuantConfig:
+        return self.config.with_float(op_types=candidate.float_op_types,
+                                      nodes=candidate.float_nodes)
+
+    def plan(self, candidate: Candidate) -> tuple[ir.Model, list[PassRecord]]:
+        """A copy of the FP32 model with the candidate's plan attached (no node changed)."""
+        model = self.fp32.clone()
+        config = self.config_for(candidate)
+        planner = PlanDynamic(config) if self.dynamic else PlanQuantization(config)
+        records = sir.PassManager([planner], verify=False).run(model)
+        return model, records
+
+    def build(self, candidate: Candidate) -> Built:
+        model, records = self.plan(candidate)
+        if self.dynamic:
+            records += sir.PassManager([InsertDynamic()]).run(model)
+            self.lower(model)
+            return Built(model, records)
+        histograms = needs_histogram(candidate.method)
+        table = self.statistics(values_to_calibrate(model), histograms=histograms)
+        method = range_method(candidate.method,
+                              **self.method_options.get(candidate.method, {}))
+        records += sir.PassManager([AssignParams(table, method, candidate.method),
+                                    InsertQDQ()]).run(model)
+        self.lower(model)
+        return Built(model, records)
+
+    # -- calibration statistics, cached -------------------------------------------------------
+
+    def statistics(self, values: Sequence[ir.Value], *, histograms: bool) -> CalibrationTable:
+        """Statistics for ``values``, collecting only those not cached yet."""
+        table = self._table(histograms)
+        missing = [v for v in values if v.name not in table]
+        if missing:
+            fresh = self._collect(missing, histograms)
+            table.stats.update(fresh.stats)
+            table.samples = fresh.samples
+            self._save(table, histograms)
+        return table
+
+    def _table(self, histograms: bool) -> CalibrationTable:
+        if histograms not in self._tables:
+            self._tables[histograms] = self._load(histograms) or CalibrationTable(
+                key=self._key(histograms))
+        return self._tables[histograms]
+
+    def _collect(self, values: Sequence[ir.Value], histograms: bool) -> CalibrationTable:
+        names = [v.name for v in self.fp32.graph.inputs]
+        total = -(-len(self.calibration) // self.batch_size)
+        feeds = (feeds_for(batch.inputs, names)
+                 for batch in self.calibration.batches(self.batch_size))
+        by_name = _values_by_name(self.fp32)
+        # Statistics are gathered on the FP32 model: each trial's plan only chooses among them.
+        targets = [by_name[v.name] for v in values if v.name in by_name]
+        return collect_statistics(self.fp32, targets, self.executor, feeds, total_batches=total,
+                                  histogram_bins=DEFAULT_BINS if histograms else None,
+                                  key=self._key(histograms))
+
+    def _key(self, histograms: bool) -> str:
+        return f"{self.cache_key}-{'hist' if histograms else 'range'}"
+
+    def _path(self, histograms: bool) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"calibration-{'hist' if histograms else 'range'}.json"
+
+    def _load(self, histograms: bool) -> CalibrationTable | None:
+        path = self._path(histograms)
+        if path is None or not path.is_file():
+            return None
+        table = CalibrationTable.load(path)
+        if table.key != self._key(histograms):
+            return None
+        logger.info("calibration: reusing statistics of %d tensors from %s", len(table), path)
+        return table
+
+    def _save(self, table: CalibrationTable, histograms: bool) -> None:
+        path = self._path(histograms)
+        if path is not None:
+            table.save(path)
+
+    # -- sensitivity ----------------------------------------------------------------------------
+
+    def op_errors(self, candidate: Candidate) -> dict[str, float]:
+        """Relative squared error of each quantized node's output against FP32, over a few
+        calibration batches of the candidate's fake-quantized model."""
+        built = self.build(candidate)
+        quantized = [n for n in built.model.graph if _planned(n)]
+        names = [n.outputs[0].name for n in quantized]
+        fp32_names = set(_values_by_name(self.fp32))
+        names = [name for name in names if name in fp32_names]
+        ref = self.executor.session(_expose(self.fp32, names))
+        test = self.executor.session(_expose(built.model, names))
+        inputs = [v.name for v in self.fp32.graph.inputs]
+        err = dict.fromkeys(names, 0.0)
+        power = dict.fromkeys(names, 0.0)
+        for count, batch in enumerate(self.calibration.batches(self.batch_size)):
+            if count >= _ERROR_BATCHES:
+                break
+            feeds = feeds_for(batch.inputs, inputs)
+            for name, a, b in zip(names, ref.run(feeds, names), test.run(feeds, names),
+                                  strict=True):
+                err[name] += float(np.mean((a - b) ** 2))
+                power[name] += float(np.mean(a**2))
+        producer = {n.outputs[0].name: n.name for n in quantized}
+        return {producer[n]: err[n] / max(power[n], 1e-12) for n in names}
+
+
+def _planned(node: ir.Node) -> bool:
+    plan = node.meta.get(NODE_PLAN_KEY)
+    return isinstance(plan, NodePlan) and plan.quantized and bool(node.name) and bool(
+        node.outputs and node.outputs[0].name)
+
+
+def _values_by_name(model: ir.Model) -> dict[str, ir.Value]:
+    values = {v.name: v for v in model.graph.inputs if v.name}
+    for node in model.graph:
+        values.update({v.name: v for v in node.outputs if v.name})
+    return values
+
+
+def _expose(model: ir.Model, names: Sequence[str]) -> ir.Model:
+    copy = model.clone()
+    by_name = _values_by_name(copy)
+    present = {v.name for v in copy.graph.outputs}
+    copy.graph.outputs.extend(by_name[n] for n in names if n not in present)
+    return copy
+
+
+def feeds_for(inputs: object, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Feeds keyed by the model's input names from a batch's positional or keyed arrays."""
+    if isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise DataError(f"data gives inputs {sorted(inputs)}, the model needs {missing}")
+        return {n: inputs[n] for n in names}
+    arrays = list(inputs)  # type: ignore[call-overload]
+    if len(arrays) != len(names):
+        raise DataError(f"data gives {len(arrays)} input array(s), the model takes "
+                        f"{len(names)}: {list(names)}")
+    return dict(zip(names, arrays, strict=True))
+
+
+def model_identity(model: ir.Model) -> str:
+    """A hash of the serialized model, for cache keys."""
+    return hashlib.sha256(sir.to_proto(model).SerializeToString()).hexdigest()[:16]
+

@@ -1,0 +1,300 @@
+"""The tuning loop: propose, build, score, keep the best, stop by the exit policy.
+
+* With ``timeout_s: 0`` the first candidate that meets the accuracy goal ends the search.
+* With a budget the search goes on for the best objective (speed or size) among the
+  candidates that meet the goal, until the budget, ``max_trials`` or the strategy runs out.
+* The best model so far is written to the workspace after every trial that improves on it,
+  and every trial is appended to a log there; an interrupted run resumes from the log,
+  replaying the strategy without rebuilding what it already scored.
+* A trial that crashes is recorded with its error and the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import onnx_ir as ir
+
+from slimgraph.errors import UserError
+from slimgraph.ir import io
+from slimgraph.tuning.space import Candidate, TuningSpace
+from slimgraph.tuning.strategies import TrialResult, strategy
+
+__all__ = ["Goal", "Trial", "TrialOutcome", "Tuner", "TuningResult", "Workspace"]
+
+logger = logging.getLogger(__name__)
+
+Objective = Literal["performance", "size"]
+
+
+@dataclass(frozen=True)
+class Goal:
+    """The accuracy a candidate must keep: relative or absolute loss against FP32."""
+
+    relative: float | None
+    absolute: float | None
+    higher_is_better: bool
+
+    def threshold(self, fp32: float) -> float:
+        sign = 1.0 if self.higher_is_better else -1.0
+        if self.absolute is not None:
+            return fp32 - sign * self.absolute
+        return fp32 - sign * abs(fp32) * float(self.relative or 0.0)
+
+    def met(self, score: float | None, fp32: float) -> bool:
+        if score is None:
+            return False
+        limit = self.threshold(fp32)
+        return score >= limit if self.higher_is_better else score <= limit
+
+    def describe(self) -> str:
+        if self.absolute is not None:
+            return f"at most {self.absolute:g} absolute loss"
+        return f"at most {float(self.relative or 0) * 100:g}% relative loss"
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What the trial runner gives back: the built model and its score."""
+
+    model: ir.Model
+    score: float
+    objective: float | None
+
+
+@dataclass(frozen=True)
+class Trial:
+    index: int
+    candidate: Candidate
+    score: float | None
+    meets_goal: bool
+    objective: float | None
+    seconds: float
+    error: str | None = None
+    resumed: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["candidate"] = self.candidate.to_json()
+        data["key"] = self.candidate.key()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> Trial:  # type: ignore[type-arg]
+        return cls(int(data["index"]), Candidate.from_json(data["candidate"]), data["score"],
+                   bool(data["meets_goal"]), data["objective"], float(data["seconds"]),
+                   data.get("error"), True)
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    best: Trial
+    trials: list[Trial]
+    met_goal: bool
+    stopped_because: str
+
+
+class Workspace:
+    """A folder that survives interruptions: the trial log and the best model so far."""
+
+    def __init__(self, path: Path, identity: str) -> None:
+        self.path = path
+        self.identity = identity
+        self.best_model = path / "best" / "model.int8.onnx"
+
+    def previous_trials(self) -> dict[str, Trial]:
+        """Trials logged by an earlier run of the same spec and model, by candidate key."""
+        log = self.path / "trials.jsonl"
+        state = self.path / "state.json"
+        if not log.is_file() or not state.is_file():
+            return {}
+        if json.loads(state.read_text()).get("identity") != self.identity:
+            logger.info("workspace %s belongs to another spec or model: starting afresh",
+                        self.path)
+            return {}
+        trials = {}
+        for line in log.read_text().splitlines():
+            if line.strip():
+                trial = Trial.from_json(json.loads(line))
+                trials[trial.candidate.key()] = trial
+        return trials
+
+    def start(self, fresh: bool) -> None:
+        if fresh and (self.path / "trials.jsonl").exists():
+            (self.path / "trials.jsonl").unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.path / "state.json", json.dumps({"identity": self.identity}))
+
+    def record(self, trial: Trial) -> None:
+        with open(self.path / "trials.jsonl", "a") as handle:
+            handle.write(json.dumps(trial.to_json()) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def save_best(self, model: ir.Model, trial: Trial) -> None:
+        io.save(model, self.best_model)
+        _write_atomic(self.best_model.parent / "trial.json", json.dumps(trial.to_json()))
+
+    def best_key(self) -> str | None:
+        marker = self.best_model.parent / "trial.json"
+        if not marker.is_file() or not self.best_model.is_file():
+            return None
+        return str(json.loads(marker.read_text())["key"])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Tuner:
+    """Runs a strategy against a trial runner under an exit policy."""
+
+    def __init__(
+        self,
+        *,
+        strategy_name: str,
+        space: TuningSpace,
+        start: Candidate,
+        goal: Goal,
+        fp32_score: float,
+        run_trial: Callable[[Candidate, bool], TrialOutcome],
+        op_errors: Callable[[Candidate], dict[str, float]],
+        workspace: Workspace,
+        max_trials: int,
+        timeout_s: float,
+        objective: Objective,
+    ) -> None:
+        self.strategy = strategy(strategy_name)
+        self.space = space
+        self.start = start
+        self.goal = goal
+        self.fp32_score = fp32_score
+        self.higher_is_better = goal.higher_is_better
+        self._run_trial = run_trial
+        self._op_errors = op_errors
+        self.workspace = workspace
+        self.max_trials = max_trials
+        self.timeout_s = timeout_s
+        self.objective = objective
+
+    def op_errors(self, candidate: Candidate) -> dict[str, float]:
+        return self._op_errors(candidate)
+
+    def run(self, *, fresh: bool = False) -> TuningResult:
+        previous = {} if fresh else self.workspace.previous_trials()
+        self.workspace.start(fresh)
+        if previous:
+            logger.info("resuming: %d trial(s) already in %s", len(previous), self.workspace.path)
+        trials: list[Trial] = []
+        seen: dict[str, Trial] = {}
+        best: Trial | None = None
+        began = time.perf_counter() - sum(t.seconds for t in previous.values())
+        search = self.strategy.search(self, self.start)
+        candidate: Candidate | None = next(search, None)
+        stopped = "the strategy had nothing more to try"
+        while candidate is not None:
+            key = candidate.key()
+            if key in seen:
+                trial = seen[key]
+            else:
+                index = len(trials) + 1
+                model = None
+                if key in previous:
+                    old = previous[key]
+                    trial = Trial(index, candidate, old.score, old.meets_goal, old.objective,
+                                  old.seconds, old.error, resumed=True)
+                else:
+                    trial, model = self._trial(index, candidate)
+                    self.workspace.record(trial)
+                trials.append(trial)
+                seen[key] = trial
+                best = self._keep_if_best(trial, model, best)
+                self._log(trial)
+            why = self._should_stop(trial, trials, began)
+            if why:
+                stopped = why
+                break
+            try:
+                candidate = search.send(TrialResult(candidate, trial.score, trial.meets_goal,
+                                                    trial.objective, trial.error))
+            except StopIteration:
+                candidate = None
+        if best is None:
+            raise UserError("tuning ran no trial: the strategy proposed nothing")
+        met = best.meets_goal
+        logger.info("tuning: %d trial(s), stopped because %s; best is trial %d (%s)%s",
+                    len(trials), stopped, best.index, best.candidate.label,
+                    "" if met else f"; no trial met the goal ({self.goal.describe()})")
+        return TuningResult(best, trials, met, stopped)
+
+    def _trial(self, index: int, candidate: Candidate) -> tuple[Trial, ir.Model | None]:
+        start = time.perf_counter()
+        try:
+            outcome = self._run_trial(candidate, self.timeout_s > 0)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a crash in one trial must not end the search
+            logger.warning("trial %d (%s) failed: %s: %s", index, candidate.label,
+                           type(exc).__name__, exc)
+            failed = Trial(index, candidate, None, False, None, time.perf_counter() - start,
+                           f"{type(exc).__name__}: {exc}")
+            return failed, None
+        meets = self.goal.met(outcome.score, self.fp32_score)
+        trial = Trial(index, candidate, outcome.score, meets, outcome.objective,
+                      time.perf_counter() - start)
+        return trial, outcome.model
+
+    def _keep_if_best(self, trial: Trial, model: ir.Model | None,
+                      best: Trial | None) -> Trial | None:
+        if not self._better(trial, best):
+            return best
+        if model is not None:
+            self.workspace.save_best(model, trial)
+        elif self.workspace.best_key() != trial.candidate.key():
+            # A resumed trial that was best in the earlier run: its model is on disk unless
+            # the run was interrupted between logging and saving; rebuild it then.
+            outcome = self._run_trial(trial.candidate, False)
+            self.workspace.save_best(outcome.model, trial)
+        return trial
+
+    def _better(self, trial: Trial, best: Trial | None) -> bool:
+        if trial.score is None:
+            return False
+        if best is None or best.score is None:
+            return True
+        if trial.meets_goal != best.meets_goal:
+            return trial.meets_goal
+        if trial.meets_goal and trial.objective is not None and best.objective is not None:
+            if self.objective == "size":
+                return trial.objective < best.objective
+            return trial.objective > best.objective
+        if trial.meets_goal:
+            return False  # equal standing: the earlier trial stays
+        return trial.score > best.score if self.higher_is_better else trial.score < best.score
+
+    def _should_stop(self, trial: Trial, trials: list[Trial], began: float) -> str | None:
+        if self.timeout_s == 0 and trial.meets_goal:
+            return "a trial met the goal (timeout_s is 0: stop at the first)"
+        if len(trials) >= self.max_trials:
+            return f"max_trials ({self.max_trials}) reached"
+        if self.timeout_s > 0 and time.perf_counter() - began >= self.timeout_s:
+            return f"the {self.timeout_s:g} s budget ran out"
+        return None
+
+    def _log(self, trial: Trial) -> None:
+        if trial.error:
+            return
+        origin = " (from the workspace)" if trial.resumed else ""
+        objective = "" if trial.objective is None else f", objective {trial.objective:.3g}"
+        logger.info("trial %d: %s: score %.4f, goal %s%s (%.1f s)%s", trial.index,
+                    trial.candidate.label, trial.score, "met" if trial.meets_goal else "missed",
+                    objective, trial.seconds, origin)
