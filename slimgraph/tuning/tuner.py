@@ -22,12 +22,12 @@ from typing import Literal
 
 import onnx_ir as ir
 
-from slimgraph.errors import UserError
+from slimgraph.errors import SlimgraphError, UserError
 from slimgraph.ir import io
 from slimgraph.tuning.space import Candidate, TuningSpace
 from slimgraph.tuning.strategies import TrialResult, strategy
 
-__all__ = ["Goal", "Trial", "TrialOutcome", "Tuner", "TuningResult", "Workspace"]
+__all__ = ["Goal", "Trial", "TrialOutcome", "Tuner", "TuningError", "TuningResult", "Workspace"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,10 @@ class Workspace:
         return str(json.loads(marker.read_text())["key"])
 
 
+class TuningError(SlimgraphError):
+    """No trial produced a model."""
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -229,7 +233,11 @@ class Tuner:
             except StopIteration:
                 candidate = None
         if best is None:
-            raise UserError("tuning ran no trial: the strategy proposed nothing")
+            errors = [t.error for t in trials if t.error]
+            if errors:
+                raise TuningError(f"every one of {len(trials)} trial(s) failed; the first: "
+                                  f"{errors[0]}")
+            raise TuningError("tuning ran no trial: the strategy proposed nothing")
         met = best.meets_goal
         logger.info("tuning: %d trial(s), stopped because %s; best is trial %d (%s)%s",
                     len(trials), stopped, best.index, best.candidate.label,

@@ -39,6 +39,8 @@ REDUCED_WEIGHTS_KEY = "slimgraph.quant.reduced_weights"
 logger = logging.getLogger(__name__)
 
 _INT32_LIMIT = float(np.iinfo(np.int32).max)
+# Keep biases well inside INT32: the kernel adds them to accumulated products.
+_BIAS_HEADROOM = 0.5
 
 
 class InsertQDQ(ir.passes.InPlacePass):
@@ -87,6 +89,8 @@ class _GraphRewriter:
                 node.meta[REDUCED_WEIGHTS_KEY] = True
                 self.counts["7-bit weights (saturation guard)"] += 1
             params = params_from_weight(weight.const_value.numpy(), scheme, axis=request.axis)
+            if plan.bias is not None and plan.bias[2] == index:
+                params = _widen_for_bias(node, plan, params)
             weight_params[index] = params
             self._dequantize_constant(node, index, params, "weight")
         if plan.bias is not None:
@@ -199,6 +203,29 @@ class _GraphRewriter:
     def _drop_if_unused(self, value: ir.Value) -> None:
         if not value.uses() and value.is_initializer() and not value.is_graph_output():
             self.graph.initializers.pop(value.name, None)
+
+
+def _widen_for_bias(node: ir.Node, plan: NodePlan, weight: QuantParams) -> QuantParams:
+    """Weight parameters whose scale is large enough for the bias to fit INT32.
+
+    The bias is stored as bias / (input scale x weight scale). A channel whose weights are
+    all nearly zero (a dead channel after BatchNorm folding) gets a tiny weight scale, and
+    its bias would overflow; its weight scale is raised just enough, which costs nothing
+    since its weights round to zero either way.
+    """
+    bias_index, act_index, _ = plan.bias  # type: ignore[misc]
+    act = node.inputs[act_index].meta.get(QUANT_PARAMS_KEY) if node.inputs[act_index] else None
+    bias = node.inputs[bias_index]
+    if act is None or bias is None or bias.const_value is None:
+        return weight
+    needed = np.abs(bias.const_value.numpy().astype(np.float64)) / (
+        float(act.scale) * _BIAS_HEADROOM * _INT32_LIMIT)
+    scale = weight.scale.astype(np.float64)
+    widened = np.maximum(scale, needed if scale.ndim else needed.max())
+    if np.array_equal(widened, scale):
+        return weight
+    return QuantParams(widened.astype(np.float32), weight.zero_point, weight.dtype,
+                       weight.axis, weight.origin)
 
 
 def _input_above_minimum(node: ir.Node, plan: NodePlan) -> bool:
