@@ -119,7 +119,8 @@ def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> Com
 
     with stages.stage("build best"):
         best = builder.build(tuning.best.candidate)
-        float_ops, counts = _float_ops(best.model)
+        planned, _ = builder.plan(tuning.best.candidate)
+        float_ops, counts = _float_ops(planned, best.model)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_ensure_parent(out)))
     try:
         with stages.stage("write"):
@@ -331,25 +332,24 @@ def _benchmark(spec: Spec, sessions: dict[str, object],  # type: ignore[no-untyp
                               iterations=bench.iterations, repeats=bench.repeats)
 
 
-def _float_ops(model: ir.Model) -> tuple[list[FloatOp], dict[str, int]]:
-    """Nodes left in FP32 grouped by op type and reason, and how many nodes were quantized."""
+def _float_ops(planned: ir.Model, built: ir.Model) -> tuple[list[FloatOp], dict[str, int]]:
+    """Nodes of the plan left in FP32, grouped by op type and reason, and counts of what was
+    quantized. Ops that no integer kernel exists for are one group per op type."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    quantized = compute = reduced = 0
-    for graph in all_graphs(model):
+    quantized = compute = 0
+    for graph in all_graphs(planned):
         for node in graph:
-            reduced += bool(node.meta.get(REDUCED_WEIGHTS_KEY))
             plan = node.meta.get(NODE_PLAN_KEY)
-            if not isinstance(plan, NodePlan):
-                continue
-            if plan.absorbed_into is not None:
+            if not isinstance(plan, NodePlan) or plan.absorbed_into is not None:
                 continue
             compute += 1
             if plan.quantized:
                 quantized += 1
             else:
                 groups[(node.op_type, plan.reason)].append(node.name or "<unnamed>")
+    reduced = sum(bool(n.meta.get(REDUCED_WEIGHTS_KEY)) for g in all_graphs(built) for n in g)
     ops = [FloatOp(op, reason, len(names), names) for (op, reason), names in groups.items()]
-    ops.sort(key=lambda f: (-f.count, f.op_type))
+    ops.sort(key=lambda f: (f.reason.startswith("no "), -f.count, f.op_type))
     return ops, {"quantized_nodes": quantized, "compute_nodes": compute,
                  "seven_bit_weight_nodes": reduced}
 

@@ -110,13 +110,18 @@ class CompileReport:
             "## Ops left in FP32",
             "",
         ]
-        if self.float_ops:
+        decided = [op for op in self.float_ops if not op.reason.startswith("no ")]
+        no_kernel = [op for op in self.float_ops if op.reason.startswith("no ")]
+        if decided:
             lines += ["| op type | count | reason | nodes |", "|---|---|---|---|"]
-            for op in self.float_ops:
+            for op in decided:
                 shown = ", ".join(op.nodes[:4]) + (", ..." if len(op.nodes) > 4 else "")
                 lines.append(f"| {op.op_type} | {op.count} | {op.reason} | {shown} |")
         else:
-            lines.append("None: every op with an integer kernel runs on integers.")
+            lines.append("Every op with an integer kernel runs on integers.")
+        if no_kernel:
+            lines += ["", "No integer kernel in this format (left in FP32): " + ", ".join(
+                f"{op.op_type} x{op.count}" for op in no_kernel) + "."]
         lines += self._tuning_lines()
         lines += ["", "## Passes", "", "| pass | change | seconds |", "|---|---|---|"]
         lines += [f"| {p['name']} | {p['change']} | {p['seconds']:.2f} |" for p in self.passes]

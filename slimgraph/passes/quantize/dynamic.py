@@ -37,10 +37,13 @@ class _DynamicRule:
     bias_index: int | None
 
 
-# Ops with an integer kernel for a run-time-quantized activation times a constant weight.
+# Ops with an integer kernel for a run-time-quantized activation times a constant weight,
+# and embedding lookups (Gather from a constant table), whose table is stored in INT8 and
+# dequantized after the lookup.
 _RULES = {
     "MatMul": _DynamicRule(weight_index=1, bias_index=None),
     "Gemm": _DynamicRule(weight_index=1, bias_index=2),
+    "Gather": _DynamicRule(weight_index=0, bias_index=None),
 }
 
 
@@ -63,9 +66,16 @@ class PlanDynamic(ir.passes.InPlacePass):
             return NodePlan(False, f"no dynamic integer kernel for {node.op_type}")
         if not self.config.override_for(node).quantize:
             return NodePlan(False, "kept in float by the spec")
-        activation, weight = node.inputs[0], node.inputs[rule.weight_index]
+        weight = node.inputs[rule.weight_index]
         if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2:
             return NodePlan(False, "the weight is not a constant matrix")
+        if weight.dtype != ir.DataType.FLOAT:
+            return NodePlan(False, "the weight is not float")
+        if node.op_type == "Gather":
+            table = replace(self.config.weight_for(node), per_channel=False, reduce_range=False)
+            return NodePlan(True, "embedding table in INT8",
+                            weights={0: WeightRequest(table, None)})
+        activation = node.inputs[0]
         if activation is None or activation.dtype != ir.DataType.FLOAT:
             return NodePlan(False, "the input is not float")
         if node.op_type == "Gemm" and not _plain_gemm(node):
@@ -110,6 +120,9 @@ class InsertDynamic(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=count > 0)
 
     def _rewrite(self, graph: ir.Graph, node: ir.Node, plan: NodePlan) -> None:
+        if node.op_type == "Gather":
+            self._rewrite_gather(graph, node, plan)
+            return
         (index, request), = plan.weights.items()
         weight = node.inputs[index].const_value.numpy()
         if node.op_type == "Gemm" and _trans_b(node):
@@ -145,6 +158,29 @@ class InsertDynamic(ir.passes.InPlacePass):
         result.name = name
         result.type, result.shape = original.type, original.shape
         original.replace_all_uses_with(result, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+
+
+    @staticmethod
+    def _rewrite_gather(graph: ir.Graph, node: ir.Node, plan: NodePlan) -> None:
+        """``Gather(table, ids)`` becomes ``DequantizeLinear(Gather(table_q, ids))``."""
+        request = plan.weights[0]
+        table = node.inputs[0].const_value.numpy()
+        params = params_from_weight(table, request.scheme, axis=None)
+        base = node.name or "gather"
+        table_q = _const(graph, params.quantize(table), f"{base}_table_quantized")
+        scale = _const(graph, params.scale.astype(np.float32), f"{base}_table_scale")
+        zero = _const(graph, params.zero_point, f"{base}_table_zero_point")
+        gather = ir.node("Gather", [table_q, node.inputs[1]], attributes=dict(node.attributes),
+                         name=f"{base}_quantized")
+        dq = ir.node("DequantizeLinear", [gather.outputs[0], scale, zero],
+                     name=f"{base}_DequantizeLinear")
+        graph.insert_before(node, [gather, dq])
+        original = node.outputs[0]
+        name, original.name = original.name, None
+        dq.outputs[0].name = name
+        dq.outputs[0].type, dq.outputs[0].shape = original.type, original.shape
+        original.replace_all_uses_with(dq.outputs[0], replace_graph_outputs=True)
         graph.remove(node, safe=True)
 
 
