@@ -284,6 +284,10 @@ def _tune(spec: Spec, builder: CandidateBuilder, judge: Judge, workspace: Worksp
 
     def run_trial(candidate: Candidate, measure_objective: bool) -> TrialOutcome:
         built = builder.build(candidate)
+        ops = sir.op_histogram(built.model)
+        if not any(ops.get(op) for op in ("DequantizeLinear", "DynamicQuantizeLinear",
+                                          "QLinearConv", "QLinearMatMul")):
+            raise ValueError("this candidate quantizes nothing")
         score = judge.score(built.model)
         objective = None
         if measure_objective and judge_meets(goal, score, judge.fp32_score):

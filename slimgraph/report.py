@@ -77,7 +77,7 @@ class CompileReport:
         perf = self.performance_ratio
         return (
             f"| {self.model} | {_pct(self.fp32.accuracy)} | {_pct(self.int8.accuracy)} | "
-            f"{self.accuracy_ratio * 100:+.2f}% | {_rate(self.fp32.throughput)} | "
+            f"{_ratio(self.accuracy_ratio)} | {_rate(self.fp32.throughput)} | "
             f"{_rate(self.int8.throughput)} | {f'{perf:.2f}x' if perf else 'n/a'} |"
         )
 
@@ -165,11 +165,17 @@ class CompileReport:
                 continue
             objective = "" if tr["objective"] is None else f"{tr['objective']:.3g}"
             mark = " (resumed)" if tr["resumed"] else ""
+            ratio = ("n/a" if tr["accuracy_ratio"] is None
+                     else f"{tr['accuracy_ratio'] * 100:+.2f}%")
             lines.append(
-                f"| {tr['index']}{mark} | {tr['change']} | {tr['score']:.4f} | "
-                f"{tr['accuracy_ratio'] * 100:+.2f}% | {'met' if tr['meets_goal'] else 'missed'}"
-                f" | {objective} | {tr['seconds']:.1f} |")
+                f"| {tr['index']}{mark} | {tr['change']} | {tr['score']:.4g} | {ratio} | "
+                f"{'met' if tr['meets_goal'] else 'missed'} | {objective} | "
+                f"{tr['seconds']:.1f} |")
         return lines
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if value in (float("inf"), float("-inf")) else f"{value * 100:+.2f}%"
 
 
 def _pct(value: float) -> str:

@@ -125,3 +125,54 @@ def test_validate_and_inspect(tmp_path: Path, capsys, data_dir: Path) -> None:  
     assert main(["inspect", str(data_dir / "models" / "mnist-8.onnx")]) == 0
     out = capsys.readouterr().out
     assert "quantized: 0 of 3" in out and "Conv" in out
+
+
+def _unreachable_goal(tmp_path: Path, max_trials: int) -> Path:
+    # Agreement with FP32 by squared error: only FP32 itself scores 0, so no INT8 model can
+    # meet an absolute loss of 0.
+    return _mnist_spec(tmp_path, metric={"name": "mse"}, tuning={
+        "criterion": {"absolute": 0.0}, "max_trials": max_trials, "strategy": "conservative"})
+
+
+def test_goal_missed_exits_3_with_model_and_report(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    assert main(["compile", str(_unreachable_goal(tmp_path, 3)), "-o", str(out), "-q"]) == 3
+    assert (out / "model.int8.onnx").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["tuning"]["met_goal"] is False and len(report["tuning"]["trials"]) == 3
+    assert "NOT met" in (out / "report.md").read_text()
+    assert "no candidate met the accuracy goal" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = _unreachable_goal(tmp_path, 6)
+    whole = tmp_path / "whole"
+    assert main(["compile", str(spec), "-o", str(whole), "-q"]) == 3
+
+    out = tmp_path / "killed"
+    log = tmp_path / "killed.workspace" / "trials.jsonl"
+    cmd = [sys.executable, "-m", "slimgraph.cli", "compile", str(spec), "-o", str(out), "-q"]
+    process = subprocess.Popen(cmd, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    logged = len(log.read_text().splitlines())
+    assert 2 <= logged < 6 and not out.exists()
+
+    assert main(["compile", str(spec), "-o", str(out), "-q"]) == 3
+    first = json.loads((whole / "report.json").read_text())["tuning"]
+    second = json.loads((out / "report.json").read_text())["tuning"]
+    assert [t["change"] for t in second["trials"]] == [t["change"] for t in first["trials"]]
+    assert [t["score"] for t in second["trials"]] == [t["score"] for t in first["trials"]]
+    assert second["best_trial"] == first["best_trial"]
+    assert sum(t["resumed"] for t in second["trials"]) == logged

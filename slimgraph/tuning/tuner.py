@@ -232,6 +232,9 @@ class Tuner:
                                                     trial.objective, trial.error))
             except StopIteration:
                 candidate = None
+        if best is not None and self.workspace.best_key() != best.candidate.key():
+            # The best came from the log of an earlier run that stopped before saving it.
+            self.workspace.save_best(self._run_trial(best.candidate, False).model, best)
         if best is None:
             errors = [t.error for t in trials if t.error]
             if errors:
@@ -267,11 +270,8 @@ class Tuner:
             return best
         if model is not None:
             self.workspace.save_best(model, trial)
-        elif self.workspace.best_key() != trial.candidate.key():
-            # A resumed trial that was best in the earlier run: its model is on disk unless
-            # the run was interrupted between logging and saving; rebuild it then.
-            outcome = self._run_trial(trial.candidate, False)
-            self.workspace.save_best(outcome.model, trial)
+        # A trial replayed from the log has no model here: the earlier run saved the best of
+        # the trials it logged, which replaying in the same order reproduces.
         return trial
 
     def _better(self, trial: Trial, best: Trial | None) -> bool:

@@ -118,6 +118,10 @@ class _GraphRewriter:
                        weight: QuantParams) -> None:
         value = node.inputs[index]
         bias = value.const_value.numpy().astype(np.float64)
+        if bias.ndim != 1 and bias.size == max(bias.shape):
+            bias = bias.reshape(-1)  # Gemm's C as [1, N]: the same bias as a vector
+        if bias.ndim != 1:
+            return  # a bias per row and column stays float
         scale = act.scale.astype(np.float64).reshape(-1) * weight.scale.astype(np.float64)
         scale = np.broadcast_to(scale, bias.shape).copy()
         quantized = np.rint(bias / scale)
@@ -218,7 +222,10 @@ def _widen_for_bias(node: ir.Node, plan: NodePlan, weight: QuantParams) -> Quant
     bias = node.inputs[bias_index]
     if act is None or bias is None or bias.const_value is None:
         return weight
-    needed = np.abs(bias.const_value.numpy().astype(np.float64)) / (
+    values = bias.const_value.numpy().astype(np.float64).reshape(-1)
+    if values.size not in (1, weight.scale.size):
+        return weight
+    needed = np.abs(values) / (
         float(act.scale) * _BIAS_HEADROOM * _INT32_LIMIT)
     scale = weight.scale.astype(np.float64)
     widened = np.maximum(scale, needed if scale.ndim else needed.max())

@@ -1,5 +1,6 @@
 """``conservative``: start from FP32 and quantize the heaviest ops first, keeping each one
-quantized only while the goal still holds."""
+quantized only while the goal still holds. Ops that only move data or add (no
+multiply-accumulates) are never held back: they follow their inputs into INT8."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from slimgraph.tuning.strategies import Search, TuningContext, register
 @register("conservative")
 class Conservative:
     def search(self, ctx: TuningContext, start: Candidate) -> Search:
-        order = ctx.space.heaviest_first()
+        order = [name for name in ctx.space.heaviest_first() if ctx.space.by_name[name].macs]
         in_float = set(order)
         for name in order:
             trial = in_float - {name}
