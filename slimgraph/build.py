@@ -52,6 +52,8 @@ class Built:
 
     model: ir.Model
     records: list[PassRecord]
+    # Nodes kept in float because calibration never computed their inputs.
+    unseen: frozenset[str] = frozenset()
 
 
 class CandidateBuilder:
@@ -87,10 +89,15 @@ class CandidateBuilder:
         return self.config.with_float(op_types=candidate.float_op_types,
                                       nodes=candidate.float_nodes)
 
-    def plan(self, candidate: Candidate) -> tuple[ir.Model, list[PassRecord]]:
-        """A copy of the FP32 model with the candidate's plan attached (no node changed)."""
+    def plan(self, candidate: Candidate,
+             unseen: frozenset[str] = frozenset()) -> tuple[ir.Model, list[PassRecord]]:
+        """A copy of the FP32 model with the candidate's plan attached (no node changed).
+
+        ``unseen`` nodes stay in float: calibration never saw their inputs (a branch the
+        data did not take)."""
         model = self.fp32.clone()
-        config = self.config_for(candidate)
+        config = self.config_for(candidate).with_float(
+            nodes=unseen, reason="its input never appeared in the calibration data")
         planner = PlanDynamic(config) if self.dynamic else PlanQuantization(config)
         records = sir.PassManager([planner], verify=False).run(model)
         return model, records
@@ -103,12 +110,30 @@ class CandidateBuilder:
             return Built(model, records)
         histograms = needs_histogram(candidate.method)
         table = self.statistics(values_to_calibrate(model), histograms=histograms)
+        unseen = self.unseen_nodes(model, table)
+        if unseen:
+            logger.info("%d node(s) stay in float: calibration never computed their inputs",
+                        len(unseen))
+            model, records = self.plan(candidate, unseen)
+            table = self.statistics(values_to_calibrate(model), histograms=histograms)
         method = range_method(candidate.method,
                               **self.method_options.get(candidate.method, {}))
         records += sir.PassManager([AssignParams(table, method, candidate.method),
                                     InsertQDQ()]).run(model)
         self.lower(model)
-        return Built(model, records)
+        return Built(model, records, unseen)
+
+    @staticmethod
+    def unseen_nodes(model: ir.Model, table: CalibrationTable) -> frozenset[str]:
+        """Nodes reading or writing a value that no calibration sample computed."""
+        names: set[str] = set()
+        for value in values_to_calibrate(model):
+            if value.name in table and table[value.name].count == 0:
+                names.update(n.name for n in value.consumers() if n.name)
+                producer = value.producer()
+                if producer is not None and producer.name:
+                    names.add(producer.name)
+        return frozenset(names)
 
     # -- calibration statistics, cached -------------------------------------------------------
 
@@ -198,8 +223,9 @@ def _planned(node: ir.Node) -> bool:
 
 
 def _values_by_name(model: ir.Model) -> dict[str, ir.Value]:
+    """Every graph input and node output by name, subgraphs included."""
     values = {v.name: v for v in model.graph.inputs if v.name}
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
         values.update({v.name: v for v in node.outputs if v.name})
     return values
 

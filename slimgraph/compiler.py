@@ -101,6 +101,7 @@ def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> Com
     with stages.stage("clean-up"):
         cleanup_records = sir.PassManager(cleanup_passes()).run(model)
 
+    spec = _fit_batch_sizes(spec, model)
     approach, approach_reason = _approach(spec, model)
     if approach == "weight_only":
         config = replace(config, weight_only=True)
@@ -119,7 +120,7 @@ def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> Com
 
     with stages.stage("build best"):
         best = builder.build(tuning.best.candidate)
-        planned, _ = builder.plan(tuning.best.candidate)
+        planned, _ = builder.plan(tuning.best.candidate, best.unseen)
         float_ops, counts = _float_ops(planned, best.model)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_ensure_parent(out)))
     try:
@@ -225,6 +226,29 @@ def _open_data(spec: Spec) -> tuple[DataSource, DataSource]:
     return sources["evaluation"], sample(calibration, sample_count, spec.seed)
 
 
+def _fit_batch_sizes(spec: Spec, model: ir.Model) -> Spec:
+    """A model whose inputs have a fixed batch size (many older ONNX models: batch 1) is
+    fed batches of exactly that size."""
+    fixed = {v.shape[0] for v in model.graph.inputs
+             if v.shape is not None and len(v.shape) > 0 and isinstance(v.shape[0], int)}
+    if len(fixed) != 1:
+        return spec
+    (size,) = fixed
+    updates = {}
+    if spec.data.batch_size != size:
+        updates["data"] = spec.data.model_copy(update={"batch_size": size})
+    cal = spec.quantization.calibration
+    if cal.batch_size != size:
+        updates["quantization"] = spec.quantization.model_copy(
+            update={"calibration": cal.model_copy(update={"batch_size": size})})
+    if spec.benchmark.batch_size != size:
+        updates["benchmark"] = spec.benchmark.model_copy(update={"batch_size": size})
+    if updates:
+        logger.info("the model's inputs have a fixed batch of %d: evaluating, calibrating and "
+                    "timing with batches of %d", size, size)
+    return spec.model_copy(update=updates) if updates else spec
+
+
 def _approach(spec: Spec, model: ir.Model) -> tuple[str, str]:
     """The approach the spec asks for, or for ``auto`` the one that suits the model."""
     asked = spec.quantization.approach
@@ -299,6 +323,7 @@ def _tune(spec: Spec, builder: CandidateBuilder, judge: Judge, workspace: Worksp
                   start=Candidate(method=start_method, label="all quantizable ops in INT8"),
                   goal=goal, fp32_score=judge.fp32_score, run_trial=run_trial,
                   op_errors=builder.op_errors, workspace=workspace, max_trials=t.max_trials,
+                  speedup=lambda c: judge.speedup(builder.build(c).model),
                   timeout_s=t.timeout_s, objective=t.objective)
     return tuner.run(fresh=fresh)
 

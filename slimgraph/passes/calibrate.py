@@ -24,11 +24,32 @@ __all__ = ["collect_statistics", "observable"]
 logger = logging.getLogger(__name__)
 
 
-def observable(model: ir.Model, value: ir.Value) -> bool:
-    """Whether calibration can observe ``value``: it lives in the main graph."""
+def branch_parents(model: ir.Model) -> dict[int, ir.Node]:
+    """The node holding each subgraph, keyed by the subgraph's id."""
+    parents: dict[int, ir.Node] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                parents[id(attr.as_graph())] = node
+            elif attr.type == ir.AttributeType.GRAPHS:
+                parents.update({id(g): node for g in attr.as_graphs()})
+    return parents
+
+
+def observable(model: ir.Model, value: ir.Value,
+               parents: Mapping[int, ir.Node] | None = None) -> bool:
+    """Whether calibration can observe ``value``: it lives in the main graph or in If
+    branches (at any depth); values inside Loop and Scan bodies change every iteration and
+    cannot be read out."""
+    parents = branch_parents(model) if parents is None else parents
     producer = value.producer()
-    owner = producer.graph if producer is not None else value.graph
-    return owner is model.graph
+    graph = producer.graph if producer is not None else value.graph
+    while graph is not None and graph is not model.graph:
+        holder = parents.get(id(graph))
+        if holder is None or holder.op_type != "If" or holder.domain not in ("", "ai.onnx"):
+            return False
+        graph = holder.graph
+    return graph is model.graph
 
 
 def collect_statistics(
@@ -47,10 +68,14 @@ def collect_statistics(
     ranges). Values outside the main graph cannot be observed and raise ``ValueError``.
     """
     names = [v.name for v in values]
+    parents = branch_parents(model)
     for value in values:
-        if not observable(model, value):
-            raise ValueError(f"value {value.name!r} is inside a subgraph; it cannot be observed")
-    session = executor.session(_with_outputs(model, names))
+        if not observable(model, value, parents):
+            raise ValueError(f"value {value.name!r} is inside a Loop or Scan body; it cannot "
+                             "be observed")
+    augmented, exposed = _with_outputs(model, names)
+    session = executor.session(augmented)
+    outputs = [exposed[name] for name in names]
     table = CalibrationTable(key=key)
     for name in names:
         table.stats[name] = TensorStats(
@@ -59,7 +84,7 @@ def collect_statistics(
     start = time.perf_counter()
     batches = 0
     for feed in track(feeds, total=total_batches, desc="calibrating"):
-        arrays = session.run(feed, names)
+        arrays = session.run(feed, outputs)
         for name, array in zip(names, arrays, strict=True):
             table.stats[name].update(np.asarray(array, dtype=np.float32))
         table.samples += int(next(iter(feed.values())).shape[0])
@@ -72,16 +97,62 @@ def collect_statistics(
     return table
 
 
-def _with_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
-    """A copy of ``model`` whose outputs also include the values named ``names``."""
+def _with_outputs(model: ir.Model, names: Sequence[str]) -> tuple[ir.Model, dict[str, str]]:
+    """A copy of ``model`` whose outputs also carry the values named ``names``, and the name
+    of the output that carries each one.
+
+    A value inside an If branch is passed out through a new output of the If: the branch
+    that computes it returns it, the other branch returns an empty tensor of the same rank
+    (nothing to count when that branch runs).
+    """
     copy = model.clone()
     by_name: dict[str, ir.Value] = {v.name: v for v in copy.graph.inputs if v.name}
-    for node in copy.graph:
-        for value in node.outputs:
-            if value.name:
-                by_name[value.name] = value
+    for node in ir.traversal.RecursiveGraphIterator(copy.graph):
+        by_name.update({v.name: v for v in node.outputs if v.name})
+    parents = branch_parents(copy)
+    taken = set(by_name) | {v.name for v in copy.graph.outputs}
     existing = {v.name for v in copy.graph.outputs}
+    exposed: dict[str, str] = {}
     for name in names:
-        if name not in existing:
-            copy.graph.outputs.append(by_name[name])
-    return copy
+        value = _through_branches(by_name[name], copy.graph, parents, taken)
+        exposed[name] = value.name
+        if value.name not in existing:
+            copy.graph.outputs.append(value)
+            existing.add(value.name)
+    return copy, exposed
+
+
+def _through_branches(value: ir.Value, main: ir.Graph, parents: Mapping[int, ir.Node],
+                      taken: set[str]) -> ir.Value:
+    producer = value.producer()
+    graph = producer.graph if producer is not None else value.graph
+    while graph is not main:
+        holder = parents[id(graph)]
+        branches = {a.name: a.as_graph() for a in holder.attributes.values()
+                    if a.type == ir.AttributeType.GRAPH}
+        for branch in branches.values():
+            branch.outputs.append(value if branch is graph else _empty_like(value, branch))
+        holder.resize_outputs(len(holder.outputs) + 1)
+        carried = holder.outputs[-1]
+        carried.name = _fresh(f"{value.name}_observed", taken)
+        carried.type = value.type
+        value, graph = carried, holder.graph
+    return value
+
+
+def _empty_like(value: ir.Value, branch: ir.Graph) -> ir.Value:
+    rank = len(value.shape) if value.shape is not None else 1
+    dtype = value.dtype or ir.DataType.FLOAT
+    empty = ir.tensor(np.zeros((0,) * rank, dtype=dtype.numpy()))
+    node = ir.node("Constant", [], attributes={"value": empty})
+    branch.append(node)
+    return node.outputs[0]
+
+
+def _fresh(stem: str, taken: set[str]) -> str:
+    name, n = stem, 0
+    while name in taken:
+        n += 1
+        name = f"{stem}_{n}"
+    taken.add(name)
+    return name

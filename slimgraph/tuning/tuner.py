@@ -173,6 +173,7 @@ class Tuner:
         run_trial: Callable[[Candidate, bool], TrialOutcome],
         op_errors: Callable[[Candidate], dict[str, float]],
         workspace: Workspace,
+        speedup: Callable[[Candidate], float] | None = None,
         max_trials: int,
         timeout_s: float,
         objective: Objective,
@@ -185,6 +186,7 @@ class Tuner:
         self.higher_is_better = goal.higher_is_better
         self._run_trial = run_trial
         self._op_errors = op_errors
+        self._speedup = speedup
         self.workspace = workspace
         self.max_trials = max_trials
         self.timeout_s = timeout_s
@@ -232,6 +234,8 @@ class Tuner:
                                                     trial.objective, trial.error))
             except StopIteration:
                 candidate = None
+        if best is not None and best.meets_goal and len(trials) < self.max_trials:
+            best = self._refine_placement(best, trials, seen)
         if best is not None and self.workspace.best_key() != best.candidate.key():
             # The best came from the log of an earlier run that stopped before saving it.
             self.workspace.save_best(self._run_trial(best.candidate, False).model, best)
@@ -247,10 +251,46 @@ class Tuner:
                     "" if met else f"; no trial met the goal ({self.goal.describe()})")
         return TuningResult(best, trials, met, stopped)
 
-    def _trial(self, index: int, candidate: Candidate) -> tuple[Trial, ir.Model | None]:
+    def _refine_placement(self, best: Trial, trials: list[Trial],
+                          seen: dict[str, Trial]) -> Trial:
+        """When the chosen INT8 model runs slower than FP32 on this target, move convolutions
+        and matrix products back to FP32 one at a time, smallest first (small ops are where
+        integer kernels lose to float ones), keeping each move that makes the model faster
+        and still meets the goal."""
+        if self.objective != "performance" or self._speedup is None:
+            return best
+        speed = best.objective if best.objective is not None else self._speedup(best.candidate)
+        if speed >= 1.0:
+            return best
+        logger.info("the chosen model runs at %.2fx FP32: moving small ops back to FP32", speed)
+        current = Trial(best.index, best.candidate, best.score, best.meets_goal, speed,
+                        best.seconds, best.error, best.resumed)
+        heavy = sorted((n for n in self.space.nodes if n.macs), key=lambda n: n.macs)
+        for node in heavy:
+            if len(trials) >= self.max_trials or speed >= 1.0:
+                break
+            if node.name in current.candidate.float_nodes:
+                continue
+            candidate = current.candidate.with_float([node.name],
+                                                     label=f"{node.name} in FP32 for speed")
+            if candidate.key() in seen:
+                continue
+            trial, model = self._trial(len(trials) + 1, candidate, measure=True)
+            self.workspace.record(trial)
+            trials.append(trial)
+            seen[candidate.key()] = trial
+            self._log(trial)
+            if trial.meets_goal and trial.objective is not None and trial.objective > speed:
+                current, speed = trial, trial.objective
+                if model is not None:
+                    self.workspace.save_best(model, trial)
+        return current
+
+    def _trial(self, index: int, candidate: Candidate, *,
+               measure: bool = False) -> tuple[Trial, ir.Model | None]:
         start = time.perf_counter()
         try:
-            outcome = self._run_trial(candidate, self.timeout_s > 0)
+            outcome = self._run_trial(candidate, measure or self.timeout_s > 0)
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as exc:  # a crash in one trial must not end the search

@@ -19,6 +19,8 @@ class OpOverride:
     quantize: bool = True
     activation: QuantScheme | None = None
     weight: QuantScheme | None = None
+    # Why an op is kept in float, for the report.
+    reason: str = "kept in float by the spec"
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,10 @@ class QuantConfig:
         return self.override_for(node).weight or self.weight
 
     def with_float(self, *, op_types: frozenset[str] = frozenset(),
-                   nodes: frozenset[str] = frozenset()) -> QuantConfig:
+                   nodes: frozenset[str] = frozenset(),
+                   reason: str = "kept in float by the spec") -> QuantConfig:
         """A copy that also keeps ``op_types`` and ``nodes`` in float."""
-        keep = OpOverride(quantize=False)
+        keep = OpOverride(quantize=False, reason=reason)
         by_op = dict(self.by_op_type) | dict.fromkeys(op_types, keep)
         by_node = dict(self.by_node) | dict.fromkeys(nodes, keep)
         return replace(self, by_op_type=by_op, by_node=by_node)

@@ -64,8 +64,9 @@ class PlanDynamic(ir.passes.InPlacePass):
         rule = _RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
             return NodePlan(False, f"no dynamic integer kernel for {node.op_type}")
-        if not self.config.override_for(node).quantize:
-            return NodePlan(False, "kept in float by the spec")
+        override = self.config.override_for(node)
+        if not override.quantize:
+            return NodePlan(False, override.reason)
         weight = node.inputs[rule.weight_index]
         if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2:
             return NodePlan(False, "the weight is not a constant matrix")

@@ -49,27 +49,37 @@ class InsertQDQ(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         counts: Counter[str] = Counter()
         names = _NameSource(model.graph)
-        for graph in list(all_graphs(model)):
-            _GraphRewriter(graph, counts, names).run()
+        rewriters = [_GraphRewriter(graph, counts, names, is_subgraph=graph is not model.graph)
+                     for graph in list(all_graphs(model))]
+        # Weights and biases first, everywhere: a bias's scale needs its input's parameters,
+        # which a pair inserted for an outer value would hide behind a DequantizeLinear.
+        for rewriter in rewriters:
+            rewriter.quantize_constants()
+        for rewriter in rewriters:
+            rewriter.insert_pairs()
         self.counts = counts
         logger.debug("inserted %s", dict(counts))
         return ir.passes.PassResult(model, modified=bool(counts))
 
 
 class _GraphRewriter:
-    def __init__(self, graph: ir.Graph, counts: Counter[str], names: _NameSource) -> None:
+    def __init__(self, graph: ir.Graph, counts: Counter[str], names: _NameSource, *,
+                 is_subgraph: bool) -> None:
         self.graph = graph
         self.counts = counts
         self.names = names
+        self.is_subgraph = is_subgraph
         # One set of scale/zero-point initializers per parameter object, shared by all pairs
         # that use it, so the runtime sees the same constants.
         self.param_values: dict[int, tuple[ir.Value, ir.Value]] = {}
 
-    def run(self) -> None:
+    def quantize_constants(self) -> None:
         for node in list(self.graph):
             plan = node.meta.get(NODE_PLAN_KEY)
             if isinstance(plan, NodePlan) and plan.quantized:
                 self._quantize_constants(node, plan)
+
+    def insert_pairs(self) -> None:
         values = list(self.graph.inputs) + list(self.graph.initializers.values())
         values += [v for node in list(self.graph) for v in node.outputs]
         for value in values:
@@ -147,9 +157,36 @@ class _GraphRewriter:
     # -- activations ----------------------------------------------------------------------
 
     def _insert_pair(self, value: ir.Value, params: QuantParams) -> None:
-        uses = [(user, i) for user, i in value.uses() if user.graph is not None]
-        if not uses:
-            return
+        """A Q/DQ pair after ``value`` for its users in this graph, and one at the top of
+        each subgraph that reads it (onnxruntime fuses a Q/DQ group only within one graph).
+        A subgraph's own output is replaced by the dequantized value; the main graph's
+        outputs keep the float value the user asked for."""
+        by_graph: dict[int, list[tuple[ir.Node, int]]] = {}
+        graphs: dict[int, ir.Graph] = {}
+        for user, index in value.uses():
+            if user.graph is not None:
+                by_graph.setdefault(id(user.graph), []).append((user, index))
+                graphs[id(user.graph)] = user.graph
+        own = self.graph
+        is_sub_output = value.is_graph_output() and self.is_subgraph
+        if id(own) not in by_graph and is_sub_output:
+            by_graph[id(own)], graphs[id(own)] = [], own
+        for key, uses in by_graph.items():
+            graph = graphs[key]
+            q, dq = self._pair(value, params)
+            for user, index in uses:
+                user.replace_input_with(index, dq.outputs[0])
+            producer = value.producer()
+            if graph is own and producer is not None and producer.graph is own:
+                graph.insert_after(producer, [q, dq])
+            else:
+                graph.insert_before(self._first_user(graph, uses), [q, dq])
+            if graph is own and is_sub_output:
+                outputs = graph.outputs
+                outputs[list(outputs).index(value)] = dq.outputs[0]
+            self.counts["activation Q/DQ pairs"] += 1
+
+    def _pair(self, value: ir.Value, params: QuantParams) -> tuple[ir.Node, ir.Node]:
         scale, zero_point = self._param_initializers(params)
         base = value.name or "value"
         q_out = ir.Value(name=self.names.fresh(f"{base}_q"), type=ir.TensorType(params.dtype.onnx),
@@ -160,22 +197,13 @@ class _GraphRewriter:
                     outputs=[q_out], name=self.names.fresh(f"{base}_QuantizeLinear"))
         dq = ir.node("DequantizeLinear", [q_out, scale, zero_point], attributes=attrs,
                      outputs=[dq_out], name=self.names.fresh(f"{base}_DequantizeLinear"))
-        for user, index in uses:
-            user.replace_input_with(index, dq_out)
-        producer = value.producer()
-        if producer is not None and producer.graph is self.graph:
-            self.graph.insert_after(producer, [q, dq])
-        else:
-            self.graph.insert_before(self._first_user(uses), [q, dq])
-        self.counts["activation Q/DQ pairs"] += 1
+        return q, dq
 
-    def _first_user(self, uses: list[tuple[ir.Node, int]]) -> ir.Node:
-        position = {node: i for i, node in enumerate(self.graph)}
+    @staticmethod
+    def _first_user(graph: ir.Graph, uses: list[tuple[ir.Node, int]]) -> ir.Node:
+        position = {node: i for i, node in enumerate(graph)}
         local = [user for user, _ in uses if user in position]
-        if local:
-            return min(local, key=position.__getitem__)
-        # Every use is inside a subgraph: put the pair before the node that holds it.
-        return next(iter(self.graph))
+        return min(local, key=position.__getitem__) if local else next(iter(graph))
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -97,19 +97,41 @@ class PlanQuantization(ir.passes.InPlacePass):
         self.rules = rules_for(config.format)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        parents = _holders(model)
         for graph in all_graphs(model):
             _GraphPlanner(graph, self.config, self.rules,
-                          observable=graph is model.graph).run()
+                          observable=_in_if_branches(graph, model, parents)).run()
         return ir.passes.PassResult(model, modified=False)
+
+
+def _holders(model: ir.Model) -> dict[int, ir.Node]:
+    holders: dict[int, ir.Node] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                holders[id(attr.as_graph())] = node
+            elif attr.type == ir.AttributeType.GRAPHS:
+                holders.update({id(g): node for g in attr.as_graphs()})
+    return holders
+
+
+def _in_if_branches(graph: ir.Graph, model: ir.Model, holders: Mapping[int, ir.Node]) -> bool:
+    """Whether ``graph`` is the main graph or nested only in If branches, whose values
+    calibration can read out (Loop and Scan bodies it cannot)."""
+    while graph is not model.graph:
+        holder = holders.get(id(graph))
+        if holder is None or holder.op_type != "If" or holder.graph is None:
+            return False
+        graph = holder.graph
+    return True
 
 
 class _GraphPlanner:
     def __init__(self, graph: ir.Graph, config: QuantConfig, rules: Mapping[str, OpRule], *,
                  observable: bool) -> None:
         self.graph = graph
-        # Calibration observes values by making them graph outputs, which only works in the
-        # main graph; ops inside If/Loop/Scan bodies stay in float. Constant-condition Ifs
-        # are inlined by clean-up before this point.
+        # Calibration reads values out through graph outputs, which works in the main graph
+        # and in If branches; ops inside Loop and Scan bodies stay in float.
         self.observable = observable
         self.config = config
         self.rules = rules
@@ -131,12 +153,14 @@ class _GraphPlanner:
         rule = self.rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
             return NodePlan(False, f"no integer kernel for {node.op_type} in this format")
-        if not self.config.override_for(node).quantize:
-            return NodePlan(False, "kept in float by the spec")
+        override = self.config.override_for(node)
+        if not override.quantize:
+            return NodePlan(False, override.reason)
         if self.config.weight_only:
             return self._weights_only(node, rule)
         if not self.observable:
-            return NodePlan(False, "inside a subgraph, where calibration cannot observe values")
+            return NodePlan(False, "inside a Loop or Scan body, where calibration cannot "
+                            "observe values")
         why_not = self._blocker(node, rule)
         if why_not:
             return NodePlan(False, why_not)
