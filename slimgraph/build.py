@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,11 @@ from slimgraph.ir.pass_manager import PassRecord
 from slimgraph.ir.stats import CalibrationTable
 from slimgraph.passes.calibrate import collect_statistics
 from slimgraph.passes.protocols import Executor
+from slimgraph.passes.quantize.bias_correction import (
+    CorrectBias,
+    float_weights,
+    layer_input_means,
+)
 from slimgraph.passes.quantize.config import QuantConfig
 from slimgraph.passes.quantize.dynamic import InsertDynamic, PlanDynamic
 from slimgraph.passes.quantize.insert import InsertQDQ
@@ -36,6 +41,13 @@ from slimgraph.passes.quantize.plan import (
     values_to_calibrate,
 )
 from slimgraph.passes.quantize.ranges import DEFAULT_BINS, needs_histogram, range_method
+from slimgraph.passes.quantize.smooth_quant import (
+    SmoothQuant,
+    channel_absmax,
+    choose_alpha,
+    scales_for,
+    smoothable_values,
+)
 from slimgraph.tuning.space import Candidate
 
 __all__ = ["Built", "CandidateBuilder", "feeds_for"]
@@ -72,6 +84,8 @@ class CandidateBuilder:
         method_options: Mapping[str, Mapping[str, float]] | None = None,
         lower: Callable[[ir.Model], ir.Model] = lower_qdq,
         dynamic: bool = False,
+        smooth_alpha: float | str | None = None,
+        bias_correction: bool = False,
     ) -> None:
         self.fp32 = fp32
         self.config = config
@@ -82,6 +96,11 @@ class CandidateBuilder:
         self.cache_key = cache_key
         self.lower = lower
         self.dynamic = dynamic
+        self.smooth_alpha = smooth_alpha
+        self.bias_correction = bias_correction and not dynamic
+        self.recipes: dict[str, object] = {}
+        self._base: ir.Model | None = None
+        self._input_means: dict[str, np.ndarray] | None = None
         self.method_options = dict(method_options or {})
         self._tables: dict[bool, CalibrationTable] = {}
 
@@ -95,7 +114,7 @@ class CandidateBuilder:
 
         ``unseen`` nodes stay in float: calibration never saw their inputs (a branch the
         data did not take)."""
-        model = self.fp32.clone()
+        model = self.base().clone()
         config = self.config_for(candidate).with_float(
             nodes=unseen, reason="its input never appeared in the calibration data")
         planner = PlanDynamic(config) if self.dynamic else PlanQuantization(config)
@@ -118,10 +137,55 @@ class CandidateBuilder:
             table = self.statistics(values_to_calibrate(model), histograms=histograms)
         method = range_method(candidate.method,
                               **self.method_options.get(candidate.method, {}))
+        weights = float_weights(model) if self.bias_correction else {}
         records += sir.PassManager([AssignParams(table, method, candidate.method),
                                     InsertQDQ()]).run(model)
+        if self.bias_correction:
+            correct = CorrectBias(self.input_means(), weights)
+            records += sir.PassManager([correct]).run(model)
+            self.recipes["bias_correction"] = f"{correct.corrected} layer(s)"
         self.lower(model)
         return Built(model, records, unseen)
+
+    # -- recipes ------------------------------------------------------------------------------
+
+    def base(self) -> ir.Model:
+        """The FP32 model quantization starts from: smoothed when SmoothQuant is on (the
+        same function, with activation outliers moved into the weights)."""
+        if self._base is None:
+            self._base = self.fp32 if self.smooth_alpha is None else self._smoothed()
+        return self._base
+
+    def _smoothed(self) -> ir.Model:
+        values = smoothable_values(self.fp32)
+        if not values:
+            self.recipes["smooth_quant"] = "nothing to smooth (no MatMul/Gemm with weights)"
+            return self.fp32
+        absmax = channel_absmax(self.fp32, values, self.executor, self._feeds())
+        alpha = self.smooth_alpha
+        errors: dict[float, float] = {}
+        if alpha == "auto":
+            alpha, errors = choose_alpha(self.fp32, self.executor, self._feeds(),
+                                         act_scheme=self.config.activation,
+                                         weight_scheme=self.config.weight)
+        smoothed = self.fp32.clone()
+        smooth = SmoothQuant(scales_for(smoothed, absmax, float(alpha)))
+        sir.PassManager([smooth]).run(smoothed)
+        chosen = f"alpha {float(alpha):g}" + (" (chosen from " + ", ".join(
+            f"{a:g}: {e:.3g}" for a, e in errors.items()) + ")" if errors else "")
+        self.recipes["smooth_quant"] = f"{len(smooth.smoothed)} value(s), {chosen}"
+        self.cache_key = f"{self.cache_key}-smooth{float(alpha):g}"
+        return smoothed
+
+    def input_means(self) -> dict[str, np.ndarray]:
+        if self._input_means is None:
+            self._input_means = layer_input_means(self.base(), self.executor, self._feeds())
+        return self._input_means
+
+    def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        names = [v.name for v in self.fp32.graph.inputs]
+        for batch in self.calibration.batches(self.batch_size):
+            yield feeds_for(batch.inputs, names)
 
     @staticmethod
     def unseen_nodes(model: ir.Model, table: CalibrationTable) -> frozenset[str]:
@@ -139,6 +203,7 @@ class CandidateBuilder:
 
     def statistics(self, values: Sequence[ir.Value], *, histograms: bool) -> CalibrationTable:
         """Statistics for ``values``, collecting only those not cached yet."""
+        self.base()  # smoothing, when on, changes the statistics and their cache key
         table = self._table(histograms)
         missing = [v for v in values if v.name not in table]
         if missing:
@@ -159,10 +224,11 @@ class CandidateBuilder:
         total = -(-len(self.calibration) // self.batch_size)
         feeds = (feeds_for(batch.inputs, names)
                  for batch in self.calibration.batches(self.batch_size))
-        by_name = _values_by_name(self.fp32)
+        base = self.base()
+        by_name = _values_by_name(base)
         # Statistics are gathered on the FP32 model: each trial's plan only chooses among them.
         targets = [by_name[v.name] for v in values if v.name in by_name]
-        return collect_statistics(self.fp32, targets, self.executor, feeds, total_batches=total,
+        return collect_statistics(base, targets, self.executor, feeds, total_batches=total,
                                   histogram_bins=DEFAULT_BINS if histograms else None,
                                   key=self._key(histograms))
 

@@ -106,13 +106,17 @@ def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> Com
     if approach == "weight_only":
         config = replace(config, weight_only=True)
     workspace = _workspace(spec, out, model)
+    recipes = spec.quantization.recipes
     builder = CandidateBuilder(model, config, executor, calibration_data,
                                batch_size=spec.quantization.calibration.batch_size,
                                cache_dir=workspace.path, cache_key=workspace.identity,
                                method_options=_method_options(spec),
                                lower=lower_qoperator if config.format == "qoperator"
                                else lower_qdq,
-                               dynamic=approach == "dynamic")
+                               dynamic=approach == "dynamic",
+                               smooth_alpha=(recipes.smooth_quant.alpha
+                                             if recipes.smooth_quant.enabled else None),
+                               bias_correction=recipes.bias_correction)
     with stages.stage("score FP32"):
         judge = _judge(spec, executor, model, evaluation_data)
     with stages.stage("tune"):
@@ -136,7 +140,8 @@ def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> Com
         report = _report(spec, target, choice, config, evaluation, speed, staging,
                          cleanup_records + best.records, float_ops, counts, stages.seconds,
                          tuning, judge)
-        report.quantization.update(approach=approach, approach_reason=approach_reason)
+        report.quantization.update(approach=approach, approach_reason=approach_reason,
+                                   recipes=dict(builder.recipes))
         write_text_atomic(staging / "report.json", dump_json(report.to_json()))
         write_text_atomic(staging / "report.md", report.to_markdown())
         _publish(staging, out)

@@ -98,6 +98,8 @@ class CompileReport:
             "",
             f"- target: {q.get('target')}; {q.get('reason')}",
             f"- approach: {q.get('approach')} ({q.get('approach_reason')})",
+            "- recipes: " + (", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in
+                                        (q.get("recipes") or {}).items()) or "none"),
             f"- activations: {q.get('activation')}; weights: {q.get('weight')}; "
             f"format: {q.get('format')}",
             f"- calibration: {q.get('calibration')}",

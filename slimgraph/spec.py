@@ -178,6 +178,33 @@ class KeepFloatSection(_Section):
     nodes: list[str] = Field(default_factory=list, description="Node names never quantized.")
 
 
+class SmoothQuantSection(_Section):
+    """SmoothQuant: move activation outliers into the weights of MatMul/Gemm layers."""
+
+    enabled: bool = Field(False, description="Smooth the inputs of MatMul/Gemm layers with "
+                          "constant weights before quantizing (transformers).")
+    alpha: float | Literal["auto"] = Field("auto", description="Migration strength in [0, 1]; "
+                                           "auto picks it from 0.3-0.8 by quantization error "
+                                           "on calibration data.")
+
+    @model_validator(mode="after")
+    def _alpha_range(self) -> SmoothQuantSection:
+        if isinstance(self.alpha, float) and not 0.0 <= self.alpha <= 1.0:
+            raise SpecError(f"quantization.recipes.smooth_quant.alpha: expected 0 to 1 or "
+                            f"'auto', found {self.alpha}")
+        return self
+
+
+class RecipesSection(_Section):
+    """Accuracy recipes applied around quantization."""
+
+    smooth_quant: SmoothQuantSection = Field(default_factory=SmoothQuantSection,
+                                             description="SmoothQuant settings.")
+    bias_correction: bool = Field(False, description="Subtract from each bias the shift that "
+                                  "weight quantization causes, measured on calibration data "
+                                  "(static approach).")
+
+
 class QuantizationSection(_Section):
     """What to quantize and how; `auto` follows the target CPU."""
 
@@ -197,6 +224,8 @@ class QuantizationSection(_Section):
                                             description="Calibration settings.")
     keep_float: KeepFloatSection = Field(default_factory=KeepFloatSection,
                                          description="Ops to leave in FP32.")
+    recipes: RecipesSection = Field(default_factory=RecipesSection,
+                                    description="SmoothQuant and bias correction.")
 
 
 class CriterionSection(_Section):

@@ -15,11 +15,12 @@ import numpy as np
 import onnx_ir as ir
 
 from slimgraph.errors import DataError
+from slimgraph.ir.edit import NameSource
 from slimgraph.ir.stats import CalibrationTable, Histogram, TensorStats
 from slimgraph.passes.protocols import Executor
 from slimgraph.progress import track
 
-__all__ = ["collect_statistics", "observable"]
+__all__ = ["Observer", "branch_parents", "collect_statistics", "observable"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,33 @@ def observable(model: ir.Model, value: ir.Value,
     return graph is model.graph
 
 
+class Observer:
+    """A copy of a model that also outputs chosen values (from the main graph or from If
+    branches), loaded once and run batch by batch."""
+
+    def __init__(self, model: ir.Model, names: Sequence[str], executor: Executor) -> None:
+        self.names = list(dict.fromkeys(names))
+        parents = branch_parents(model)
+        by_name = {v.name: v for v in model.graph.inputs if v.name}
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            by_name.update({v.name: v for v in node.outputs if v.name})
+        for name in self.names:
+            if name not in by_name:
+                raise ValueError(f"the model has no value named {name!r}")
+            if not observable(model, by_name[name], parents):
+                raise ValueError(f"value {name!r} is inside a Loop or Scan body; it cannot be "
+                                 "observed")
+        augmented, exposed = _with_outputs(model, self.names)
+        self._outputs = [exposed[name] for name in self.names]
+        self.session = executor.session(augmented)
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The observed values for one batch, as float32 arrays in the order of ``names``."""
+        if not self.names:
+            return []  # a session asked for no output at all would compute every output
+        return [np.asarray(a, dtype=np.float32) for a in self.session.run(feed, self._outputs)]
+
+
 def collect_statistics(
     model: ir.Model,
     values: Sequence[ir.Value],
@@ -65,17 +93,10 @@ def collect_statistics(
     """Run ``feeds`` through ``model`` and summarise each of ``values``.
 
     ``histogram_bins`` keeps a histogram per value as well (for percentile, entropy and MSE
-    ranges). Values outside the main graph cannot be observed and raise ``ValueError``.
+    ranges). Values inside Loop or Scan bodies cannot be observed and raise ``ValueError``.
     """
-    names = [v.name for v in values]
-    parents = branch_parents(model)
-    for value in values:
-        if not observable(model, value, parents):
-            raise ValueError(f"value {value.name!r} is inside a Loop or Scan body; it cannot "
-                             "be observed")
-    augmented, exposed = _with_outputs(model, names)
-    session = executor.session(augmented)
-    outputs = [exposed[name] for name in names]
+    observer = Observer(model, [v.name for v in values], executor)
+    names = observer.names
     table = CalibrationTable(key=key)
     for name in names:
         table.stats[name] = TensorStats(
@@ -84,9 +105,9 @@ def collect_statistics(
     start = time.perf_counter()
     batches = 0
     for feed in track(feeds, total=total_batches, desc="calibrating"):
-        arrays = session.run(feed, outputs)
+        arrays = observer.run(feed)
         for name, array in zip(names, arrays, strict=True):
-            table.stats[name].update(np.asarray(array, dtype=np.float32))
+            table.stats[name].update(array)
         table.samples += int(next(iter(feed.values())).shape[0])
         batches += 1
         del arrays
@@ -110,11 +131,11 @@ def _with_outputs(model: ir.Model, names: Sequence[str]) -> tuple[ir.Model, dict
     for node in ir.traversal.RecursiveGraphIterator(copy.graph):
         by_name.update({v.name: v for v in node.outputs if v.name})
     parents = branch_parents(copy)
-    taken = set(by_name) | {v.name for v in copy.graph.outputs}
+    fresh = NameSource(copy.graph)
     existing = {v.name for v in copy.graph.outputs}
     exposed: dict[str, str] = {}
     for name in names:
-        value = _through_branches(by_name[name], copy.graph, parents, taken)
+        value = _through_branches(by_name[name], copy.graph, parents, fresh)
         exposed[name] = value.name
         if value.name not in existing:
             copy.graph.outputs.append(value)
@@ -123,7 +144,7 @@ def _with_outputs(model: ir.Model, names: Sequence[str]) -> tuple[ir.Model, dict
 
 
 def _through_branches(value: ir.Value, main: ir.Graph, parents: Mapping[int, ir.Node],
-                      taken: set[str]) -> ir.Value:
+                      fresh: NameSource) -> ir.Value:
     producer = value.producer()
     graph = producer.graph if producer is not None else value.graph
     while graph is not main:
@@ -134,7 +155,7 @@ def _through_branches(value: ir.Value, main: ir.Graph, parents: Mapping[int, ir.
             branch.outputs.append(value if branch is graph else _empty_like(value, branch))
         holder.resize_outputs(len(holder.outputs) + 1)
         carried = holder.outputs[-1]
-        carried.name = _fresh(f"{value.name}_observed", taken)
+        carried.name = fresh.fresh(f"{value.name}_observed")
         carried.type = value.type
         value, graph = carried, holder.graph
     return value
@@ -147,12 +168,3 @@ def _empty_like(value: ir.Value, branch: ir.Graph) -> ir.Value:
     node = ir.node("Constant", [], attributes={"value": empty})
     branch.append(node)
     return node.outputs[0]
-
-
-def _fresh(stem: str, taken: set[str]) -> str:
-    name, n = stem, 0
-    while name in taken:
-        n += 1
-        name = f"{stem}_{n}"
-    taken.add(name)
-    return name

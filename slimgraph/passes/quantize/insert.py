@@ -18,6 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from slimgraph.errors import PassError
+from slimgraph.ir.edit import NameSource, add_initializer
 from slimgraph.ir.quant import (
     QUANT_PARAMS_KEY,
     QuantDType,
@@ -48,7 +49,7 @@ class InsertQDQ(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         counts: Counter[str] = Counter()
-        names = _NameSource(model.graph)
+        names = NameSource(model.graph)
         rewriters = [_GraphRewriter(graph, counts, names, is_subgraph=graph is not model.graph)
                      for graph in list(all_graphs(model))]
         # Weights and biases first, everywhere: a bias's scale needs its input's parameters,
@@ -63,7 +64,7 @@ class InsertQDQ(ir.passes.InPlacePass):
 
 
 class _GraphRewriter:
-    def __init__(self, graph: ir.Graph, counts: Counter[str], names: _NameSource, *,
+    def __init__(self, graph: ir.Graph, counts: Counter[str], names: NameSource, *,
                  is_subgraph: bool) -> None:
         self.graph = graph
         self.counts = counts
@@ -225,12 +226,7 @@ class _GraphRewriter:
                        outputs=[out], name=self.names.fresh(f"{name}_node"))
 
     def _initializer(self, array: np.ndarray, name: str) -> ir.Value:
-        # np.ascontiguousarray would turn a scalar into a 1-element vector.
-        tensor = ir.tensor(np.array(array, order="C"), name=self.names.fresh(name))
-        value = ir.Value(name=tensor.name, type=ir.TensorType(tensor.dtype),
-                         shape=tensor.shape, const_value=tensor)
-        self.graph.register_initializer(value)
-        return value
+        return add_initializer(self.graph, array, self.names.fresh(name))
 
     def _drop_if_unused(self, value: ir.Value) -> None:
         if not value.uses() and value.is_initializer() and not value.is_graph_output():
@@ -275,24 +271,3 @@ def _input_above_minimum(node: ir.Node, plan: NodePlan) -> bool:
         ):
             return True
     return False
-
-
-class _NameSource:
-    """Fresh value and node names that do not collide with any name in the graph."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self.taken: set[str] = {v.name for v in graph.inputs if v.name}
-        self.taken.update(graph.initializers)
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            self.taken.update(v.name for v in node.outputs if v.name)
-            if node.name:
-                self.taken.add(node.name)
-
-    def fresh(self, stem: str) -> str:
-        name, n = stem, 0
-        while name in self.taken:
-            n += 1
-            name = f"{stem}_{n}"
-        self.taken.add(name)
-        return name
-

@@ -28,7 +28,9 @@ import numpy as np
 import onnx_ir as ir
 
 from slimgraph.errors import DataError
+from slimgraph.ir.edit import NameSource, add_initializer
 from slimgraph.ir.quant import QuantParams, QuantScheme, params_from_range, params_from_weight
+from slimgraph.passes.calibrate import Observer
 from slimgraph.passes.protocols import Executor
 
 __all__ = [
@@ -121,34 +123,13 @@ def channel_absmax(
     feeds: Iterable[Mapping[str, np.ndarray]],
 ) -> dict[str, np.ndarray]:
     """Per-channel ``max |x|`` along the last axis of each of ``values``, batch by batch."""
-    observer = _Observer(model, [v.name for v in values], executor)
+    observer = Observer(model, [v.name for v in values], executor)
     ranges = _channel_ranges(observer, feeds)
     return {name: np.maximum(-low, high) for name, (low, high) in ranges.items()}
 
 
-class _Observer:
-    """A copy of a model that has chosen values as outputs, loaded once, run batch by batch."""
-
-    def __init__(self, model: ir.Model, names: Sequence[str], executor: Executor) -> None:
-        copy = model.clone()
-        by_name = {v.name: v for v in copy.graph.inputs if v.name}
-        by_name.update({v.name: v for node in copy.graph for v in node.outputs if v.name})
-        present = {v.name for v in copy.graph.outputs}
-        for name in dict.fromkeys(names):
-            if name not in by_name:
-                raise ValueError(f"no value named {name!r} in the main graph of the model")
-            if name not in present:
-                copy.graph.outputs.append(by_name[name])
-                present.add(name)
-        self.names = list(names)
-        self.session = executor.session(copy)
-
-    def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(a, dtype=np.float32) for a in self.session.run(feed, self.names)]
-
-
 def _channel_ranges(
-    observer: _Observer, feeds: Iterable[Mapping[str, np.ndarray]]
+    observer: Observer, feeds: Iterable[Mapping[str, np.ndarray]]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel minimum and maximum along the last axis of the observed values (NaN
     skipped), one batch in memory at a time."""
@@ -208,8 +189,7 @@ def scales_for(
     """
     by_name = {v.name: v for v in smoothable_values(model)}
     return {
-        name: smoothing_scales(absmax, [_input_rows(u) for u in by_name[name].consumers()],
-                               alpha)
+        name: smoothing_scales(absmax, [_input_rows(u) for u in by_name[name].consumers()], alpha)
         for name, absmax in act_absmax.items()
         if name in by_name
     }
@@ -250,29 +230,42 @@ def choose_alpha(
         raise DataError("smoothing: calibration data is empty: no batch was read")
     values = smoothable_values(model)
     if not values:
-        logger.warning("smoothing: no MatMul or Gemm with a constant weight to smooth; "
-                       "alpha %.2f kept without measuring", alphas[0])
+        logger.warning(
+            "smoothing: no MatMul or Gemm with a constant weight to smooth; "
+            "alpha %.2f kept without measuring",
+            alphas[0],
+        )
         return alphas[0], dict.fromkeys(alphas, 0.0)
 
-    observer = _Observer(model, [v.name for v in values], executor)
-    errors = _ProductErrors(values, _channel_ranges(observer, kept), alphas, act_scheme,
-                            weight_scheme)
+    observer = Observer(model, [v.name for v in values], executor)
+    errors = _ProductErrors(
+        values, _channel_ranges(observer, kept), alphas, act_scheme, weight_scheme
+    )
     for feed in kept:
         for value, array in zip(values, observer.run(feed), strict=True):
             errors.add(value, array)
     totals = errors.totals()
     best = min(alphas, key=totals.__getitem__)
-    logger.info("smoothing: alpha %.2f chosen for %d activations (%s)", best, len(values),
-                ", ".join(f"{a:.2f}: {e:.3g}" for a, e in totals.items()))
+    logger.info(
+        "smoothing: alpha %.2f chosen for %d activations (%s)",
+        best,
+        len(values),
+        ", ".join(f"{a:.2f}: {e:.3g}" for a, e in totals.items()),
+    )
     return best, totals
 
 
 class _ProductErrors:
     """Running squared errors of every smoothable product under every candidate alpha."""
 
-    def __init__(self, values: Sequence[ir.Value],
-                 ranges: Mapping[str, tuple[np.ndarray, np.ndarray]], alphas: Sequence[float],
-                 act_scheme: QuantScheme, weight_scheme: QuantScheme) -> None:
+    def __init__(
+        self,
+        values: Sequence[ir.Value],
+        ranges: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        alphas: Sequence[float],
+        act_scheme: QuantScheme,
+        weight_scheme: QuantScheme,
+    ) -> None:
         self.alphas = list(alphas)
         self.weight_scheme = weight_scheme
         self.weights = {v.name: [_input_rows(u) for u in v.consumers()] for v in values}
@@ -286,7 +279,8 @@ class _ProductErrors:
                 self.scales[alpha, value.name] = scales
                 # s > 0, so the range of X/s is that of each channel's range divided by s.
                 self.act_params[alpha, value.name] = params_from_range(
-                    float(np.min(low / scales)), float(np.max(high / scales)), act_scheme)
+                    float(np.min(low / scales)), float(np.max(high / scales)), act_scheme
+                )
         self.error = dict.fromkeys(itertools.product(self.alphas, self._products()), 0.0)
         self.power = dict.fromkeys(self._products(), 0.0)
 
@@ -305,8 +299,9 @@ class _ProductErrors:
             rows_q = params.dequantize(params.quantize(rows / scales))
             for i, (w, y) in enumerate(zip(weights, exact, strict=True)):
                 diff = y - rows_q @ self._fake_quant(w * scales[:, None])
-                self.error[alpha, (value.name, i)] += float(np.sum(np.square(diff,
-                                                                             dtype=np.float64)))
+                self.error[alpha, (value.name, i)] += float(
+                    np.sum(np.square(diff, dtype=np.float64))
+                )
 
     def _fake_quant(self, weight: np.ndarray) -> np.ndarray:
         axis = 1 if self.weight_scheme.per_channel else None  # output channels of [K, N]
@@ -353,11 +348,13 @@ class SmoothQuant(ir.passes.InPlacePass):
         graph = model.graph
         by_name = {v.name: v for v in graph.inputs if v.name}
         by_name.update({v.name: v for node in graph for v in node.outputs if v.name})
-        names = _Names(graph)
+        names = NameSource(graph)
         for name, scales in self.scales.items():
             if name not in by_name:
-                raise ValueError(f"smoothing: no value named {name!r} in the main graph; "
-                                 "scales are keyed by the names of this model's values")
+                raise ValueError(
+                    f"smoothing: no value named {name!r} in the main graph; "
+                    "scales are keyed by the names of this model's values"
+                )
             value = by_name[name]
             why_not = _smoothing_blocker(graph, value)
             if why_not is not None:
@@ -366,14 +363,17 @@ class SmoothQuant(ir.passes.InPlacePass):
             self._smooth(graph, value, scales, names)
         return ir.passes.PassResult(model, modified=bool(self.smoothed))
 
-    def _smooth(self, graph: ir.Graph, value: ir.Value, scales: np.ndarray,
-                names: _Names) -> None:
+    def _smooth(
+        self, graph: ir.Graph, value: ir.Value, scales: np.ndarray, names: NameSource
+    ) -> None:
         users = list(value.consumers())
         for user in users:
             channels = _input_rows(user).shape[0]
             if channels != scales.size:
-                raise ValueError(f"smoothing {value.name!r}: {scales.size} scales for "
-                                 f"{user.op_type} {user.name!r} with {channels} input channels")
+                raise ValueError(
+                    f"smoothing {value.name!r}: {scales.size} scales for "
+                    f"{user.op_type} {user.name!r} with {channels} input channels"
+                )
         for user in users:
             trans_b = user.op_type == "Gemm" and _int_attr(user, "transB", 0)
             row_scales = scales[None, :] if trans_b else scales[:, None]
@@ -389,8 +389,9 @@ class SmoothQuant(ir.passes.InPlacePass):
         self.smoothed.append(value.name)
 
 
-def _fold_into_norm(graph: ir.Graph, value: ir.Value, inverse: np.ndarray,
-                    names: _Names) -> bool:
+def _fold_into_norm(
+    graph: ir.Graph, value: ir.Value, inverse: np.ndarray, names: NameSource
+) -> bool:
     """Multiply the gamma and beta of the normalization producing ``value`` by ``inverse``;
     False when there is none, or they are not float constants, or the value is an output."""
     norm = value.producer()
@@ -413,56 +414,36 @@ def _fold_into_norm(graph: ir.Graph, value: ir.Value, inverse: np.ndarray,
     return True
 
 
-def _insert_mul(graph: ir.Graph, value: ir.Value, users: list[ir.Node], inverse: np.ndarray,
-                names: _Names) -> None:
+def _insert_mul(
+    graph: ir.Graph, value: ir.Value, users: list[ir.Node], inverse: np.ndarray, names: NameSource
+) -> None:
     """``value -> Mul(1/s) -> users``, the Mul placed before the first of them."""
     uses = list(value.uses())
-    factor = _initializer(graph, inverse, names.fresh(f"{value.name}_smoothing"))
-    out = ir.Value(name=names.fresh(f"{value.name}_smoothed"), type=value.type,
-                   shape=value.shape)
-    mul = ir.node("Mul", [value, factor], outputs=[out],
-                  name=names.fresh(f"{value.name}_smoothing_Mul"))
+    factor = add_initializer(graph, inverse, names.fresh(f"{value.name}_smoothing"))
+    out = ir.Value(name=names.fresh(f"{value.name}_smoothed"), type=value.type, shape=value.shape)
+    mul = ir.node(
+        "Mul", [value, factor], outputs=[out], name=names.fresh(f"{value.name}_smoothing_Mul")
+    )
     for user, index in uses:
         user.replace_input_with(index, out)
     position = {node: i for i, node in enumerate(graph)}
     graph.insert_before(min(users, key=position.__getitem__), mul)
 
 
-def _set_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray,
-                  names: _Names) -> None:
+def _set_constant(
+    graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: NameSource
+) -> None:
     """Give input ``index`` of ``node`` the data ``array``: in place when no one else reads
     the constant, else as a new initializer."""
     value = node.inputs[index]
-    alone = (value.is_initializer() and len(value.uses()) == 1 and not value.is_graph_output()
-             and not value.is_graph_input())
+    alone = (
+        value.is_initializer()
+        and len(value.uses()) == 1
+        and not value.is_graph_output()
+        and not value.is_graph_input()
+    )
     if alone:
         value.const_value = ir.tensor(array, name=value.name)
         value.shape = ir.Shape(array.shape)
         return
-    node.replace_input_with(index, _initializer(graph, array, names.fresh(value.name or "c")))
-
-
-def _initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
-    tensor = ir.tensor(np.array(array, order="C"), name=name)
-    value = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape,
-                     const_value=tensor)
-    graph.register_initializer(value)
-    return value
-
-
-class _Names:
-    """Fresh names that collide with no value or node name of one graph."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self.taken = {v.name for v in graph.inputs if v.name} | set(graph.initializers)
-        for node in graph:
-            self.taken.update(v.name for v in node.outputs if v.name)
-            self.taken.add(node.name or "")
-
-    def fresh(self, stem: str) -> str:
-        name, n = stem, 0
-        while name in self.taken:
-            n += 1
-            name = f"{stem}_{n}"
-        self.taken.add(name)
-        return name
+    node.replace_input_with(index, add_initializer(graph, array, names.fresh(value.name or "c")))
