@@ -67,6 +67,7 @@ ROWS: tuple[Row, ...] = (
     Row("efficientnet-lite0", "specs/efficientnet_lite0.yaml", "pretrained"),
     Row("minilm-l6-sst2", "specs/minilm_sst2.yaml", "pretrained", transformer=True),
     Row("minilm-l6-mrpc", "specs/minilm_mrpc.yaml", "pretrained", transformer=True),
+    Row("resnet18", "benchmarks/specs/resnet18.yaml", "random"),
     Row("resnet50", "benchmarks/specs/resnet50.yaml", "random"),
     Row("mobilenet_v2", "benchmarks/specs/mobilenet_v2.yaml", "random"),
     Row("vgg16", "benchmarks/specs/vgg16.yaml", "random"),
