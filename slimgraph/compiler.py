@@ -32,13 +32,14 @@ from slimgraph.data.sampling import sample
 from slimgraph.errors import DataError, ModelError, SpecError
 from slimgraph.evaluate import Evaluation, evaluate
 from slimgraph.frontends.onnx import lift_onnx
+from slimgraph.ir.graphs import all_graphs
 from slimgraph.ir.pass_manager import PassRecord
 from slimgraph.ir.quant import QuantDType, QuantScheme
 from slimgraph.judge import Judge
 from slimgraph.passes.cleanup import cleanup_passes
-from slimgraph.passes.quantize.config import QuantConfig
+from slimgraph.passes.quantize.config import OpOverride, QuantConfig
 from slimgraph.passes.quantize.insert import REDUCED_WEIGHTS_KEY
-from slimgraph.passes.quantize.plan import NODE_PLAN_KEY, NodePlan, all_graphs
+from slimgraph.passes.quantize.plan import NODE_PLAN_KEY, NodePlan
 from slimgraph.report import (
     CompileReport,
     FloatOp,
@@ -47,7 +48,7 @@ from slimgraph.report import (
     environment,
     write_text_atomic,
 )
-from slimgraph.spec import SchemeSection, Spec, prefix_field, spec_hash
+from slimgraph.spec import OverrideSection, SchemeSection, Spec, prefix_field, spec_hash
 from slimgraph.target import Target, TargetChoice, choose, detect, named
 from slimgraph.tuning.space import Candidate, build_space
 from slimgraph.tuning.tuner import Goal, TrialOutcome, Tuner, TuningResult, Workspace
@@ -156,14 +157,26 @@ def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> Com
 
 def _quant_config(spec: Spec, choice: TargetChoice) -> QuantConfig:
     q = spec.quantization
-    activation = _apply_scheme(choice.activation, q.activations, "activations")
-    weight = _apply_scheme(choice.weight, q.weights, "weights")
+    activation = _apply_scheme(choice.activation, q.activations, "quantization.activations")
+    weight = _apply_scheme(choice.weight, q.weights, "quantization.weights")
     fmt = choice.format if q.format == "auto" else q.format
     # An explicit reduce_range in the spec is honoured as written, everywhere.
     guard = choice.saturation_guard and q.weights.reduce_range is None
-    return QuantConfig(activation, weight, fmt, saturation_guard=guard).with_float(
-        op_types=frozenset(q.keep_float.op_types), nodes=frozenset(q.keep_float.nodes)
-    )
+
+    def override(section: OverrideSection, where: str) -> OpOverride:
+        return OpOverride(
+            activation=_apply_scheme(activation, section.activations, f"{where}.activations")
+            if section.activations else None,
+            weight=_apply_scheme(weight, section.weights, f"{where}.weights")
+            if section.weights else None)
+
+    by_op = {op: override(o, f"quantization.overrides.op_types.{op}")
+             for op, o in q.overrides.op_types.items()}
+    by_node = {name: override(o, f"quantization.overrides.nodes.{name}")
+               for name, o in q.overrides.nodes.items()}
+    return QuantConfig(activation, weight, fmt, by_op_type=by_op, by_node=by_node,
+                       saturation_guard=guard).with_float(
+        op_types=frozenset(q.keep_float.op_types), nodes=frozenset(q.keep_float.nodes))
 
 
 def _apply_scheme(default: QuantScheme, section: SchemeSection, field: str) -> QuantScheme:
@@ -175,9 +188,9 @@ def _apply_scheme(default: QuantScheme, section: SchemeSection, field: str) -> Q
     if section.reduce_range is not None:
         scheme = replace(scheme, reduce_range=section.reduce_range)
     if section.per_channel is not None:
-        if field == "activations" and section.per_channel:
-            raise SpecError("quantization.activations.per_channel: activations are quantized "
-                            "per tensor (per-channel activation scales block integer kernels)")
+        if field.endswith("activations") and section.per_channel:
+            raise SpecError(f"{field}.per_channel: activations are quantized per tensor "
+                            "(per-channel activation scales block integer kernels)")
         scheme = replace(scheme, per_channel=section.per_channel)
     return scheme
 

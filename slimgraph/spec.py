@@ -178,6 +178,23 @@ class KeepFloatSection(_Section):
     nodes: list[str] = Field(default_factory=list, description="Node names never quantized.")
 
 
+class OverrideSection(_Section):
+    """Schemes for some ops, on top of the model-wide ones."""
+
+    activations: SchemeSection | None = Field(None, description="Activation scheme for these "
+                                              "ops.")
+    weights: SchemeSection | None = Field(None, description="Weight scheme for these ops.")
+
+
+class OverridesSection(_Section):
+    """Per-op schemes: by op type, then by node name (the more specific wins)."""
+
+    op_types: dict[str, OverrideSection] = Field(default_factory=dict, description="Op type "
+                                                 "(Conv, MatMul...) to its schemes.")
+    nodes: dict[str, OverrideSection] = Field(default_factory=dict, description="Node name to "
+                                              "its schemes.")
+
+
 class SmoothQuantSection(_Section):
     """SmoothQuant: move activation outliers into the weights of MatMul/Gemm layers."""
 
@@ -224,6 +241,8 @@ class QuantizationSection(_Section):
                                             description="Calibration settings.")
     keep_float: KeepFloatSection = Field(default_factory=KeepFloatSection,
                                          description="Ops to leave in FP32.")
+    overrides: OverridesSection = Field(default_factory=OverridesSection,
+                                        description="Schemes by op type and by node name.")
     recipes: RecipesSection = Field(default_factory=RecipesSection,
                                     description="SmoothQuant and bias correction.")
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from slimgraph.cli import main
+from slimgraph.errors import SpecError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,7 +116,7 @@ def test_empty_data_folder(tmp_path: Path, capsys) -> None:  # type: ignore[no-u
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     spec = _mnist_spec(tmp_path, model={"path": str(tmp_path / "nope.onnx")})
-    with pytest.raises(Exception, match="model.path"):
+    with pytest.raises(SpecError, match=r"model\.path"):
         main(["compile", str(spec), "--debug"])
 
 

@@ -181,6 +181,8 @@ _BUILDERS: dict[str, Builder] = {
     "GlobalAveragePool": _unary("QLinearGlobalAveragePool", {"channels_last": 0}),
     "AveragePool": _unary("QLinearAveragePool"),
     "Concat": _concat,
+    "Sigmoid": _unary("QLinearSigmoid"),
+    "LeakyRelu": _unary("QLinearLeakyRelu"),
 }
 
 # Ops that only move or select values: on integers when input and output share parameters.

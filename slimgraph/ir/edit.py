@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["NameSource", "add_initializer"]
+__all__ = ["NameSource", "add_initializer", "set_constant_input"]
 
 
 class NameSource:
@@ -41,3 +41,18 @@ def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
                      const_value=tensor)
     graph.register_initializer(value)
     return value
+
+
+def set_constant_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray,
+                       names: NameSource) -> None:
+    """Give input ``index`` of ``node`` the data ``array``: in place when nothing else reads
+    the constant, else as a new initializer (another reader keeps the old data)."""
+    value = node.inputs[index]
+    alone = (value is not None and value.is_initializer() and len(value.uses()) == 1
+             and not value.is_graph_output() and not value.is_graph_input())
+    if alone:
+        value.const_value = ir.tensor(array, name=value.name)
+        value.shape = ir.Shape(array.shape)
+        return
+    stem = (value.name if value is not None else None) or "constant"
+    node.replace_input_with(index, add_initializer(graph, array, names.fresh(stem)))

@@ -27,6 +27,7 @@ import onnx
 import onnx_ir as ir
 
 from slimgraph.errors import VerificationError
+from slimgraph.ir.graphs import subgraphs_of
 from slimgraph.ir.quant import QUANT_PARAMS_KEY, QuantParams
 
 __all__ = ["Problem", "find_problems", "verify"]
@@ -84,7 +85,7 @@ def _check_graph(
     yield from _check_quant_params(graph)
     scope = outer_names | _names_defined(graph)
     for node in graph:
-        for sub in _subgraphs_of(node):
+        for sub in subgraphs_of(node):
             yield from _check_graph(sub, outer_names=scope, opsets=opsets)
 
 
@@ -157,19 +158,9 @@ def _is_available(value: ir.Value, graph: ir.Graph) -> bool:
 def _link_subgraphs(graph: ir.Graph) -> None:
     """Record each subgraph's enclosing graph, which onnx-ir does not link back."""
     for node in graph:
-        for sub in _subgraphs_of(node):
+        for sub in subgraphs_of(node):
             sub.meta[_ENCLOSING] = graph
             _link_subgraphs(sub)
-
-
-def _subgraphs_of(node: ir.Node) -> tuple[ir.Graph, ...]:
-    subs: list[ir.Graph] = []
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            subs.append(attr.as_graph())
-        elif attr.type == ir.AttributeType.GRAPHS:
-            subs.extend(attr.as_graphs())
-    return tuple(subs)
 
 
 def _check_edges(graph: ir.Graph) -> Iterator[Problem]:

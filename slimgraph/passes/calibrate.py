@@ -16,25 +16,14 @@ import onnx_ir as ir
 
 from slimgraph.errors import DataError
 from slimgraph.ir.edit import NameSource
+from slimgraph.ir.graphs import subgraph_holders
 from slimgraph.ir.stats import CalibrationTable, Histogram, TensorStats
 from slimgraph.passes.protocols import Executor
 from slimgraph.progress import track
 
-__all__ = ["Observer", "branch_parents", "collect_statistics", "observable"]
+__all__ = ["Observer", "collect_statistics", "observable"]
 
 logger = logging.getLogger(__name__)
-
-
-def branch_parents(model: ir.Model) -> dict[int, ir.Node]:
-    """The node holding each subgraph, keyed by the subgraph's id."""
-    parents: dict[int, ir.Node] = {}
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                parents[id(attr.as_graph())] = node
-            elif attr.type == ir.AttributeType.GRAPHS:
-                parents.update({id(g): node for g in attr.as_graphs()})
-    return parents
 
 
 def observable(model: ir.Model, value: ir.Value,
@@ -42,7 +31,7 @@ def observable(model: ir.Model, value: ir.Value,
     """Whether calibration can observe ``value``: it lives in the main graph or in If
     branches (at any depth); values inside Loop and Scan bodies change every iteration and
     cannot be read out."""
-    parents = branch_parents(model) if parents is None else parents
+    parents = subgraph_holders(model) if parents is None else parents
     producer = value.producer()
     graph = producer.graph if producer is not None else value.graph
     while graph is not None and graph is not model.graph:
@@ -59,7 +48,7 @@ class Observer:
 
     def __init__(self, model: ir.Model, names: Sequence[str], executor: Executor) -> None:
         self.names = list(dict.fromkeys(names))
-        parents = branch_parents(model)
+        parents = subgraph_holders(model)
         by_name = {v.name: v for v in model.graph.inputs if v.name}
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
             by_name.update({v.name: v for v in node.outputs if v.name})
@@ -130,7 +119,7 @@ def _with_outputs(model: ir.Model, names: Sequence[str]) -> tuple[ir.Model, dict
     by_name: dict[str, ir.Value] = {v.name: v for v in copy.graph.inputs if v.name}
     for node in ir.traversal.RecursiveGraphIterator(copy.graph):
         by_name.update({v.name: v for v in node.outputs if v.name})
-    parents = branch_parents(copy)
+    parents = subgraph_holders(copy)
     fresh = NameSource(copy.graph)
     existing = {v.name for v in copy.graph.outputs}
     exposed: dict[str, str] = {}

@@ -26,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from slimgraph.errors import DataError, PassError
-from slimgraph.ir.edit import NameSource, add_initializer
+from slimgraph.ir.edit import NameSource, add_initializer, set_constant_input
 from slimgraph.ir.quant import QuantDType, QuantParams
 from slimgraph.passes.calibrate import Observer
 from slimgraph.passes.protocols import Executor
@@ -354,7 +354,7 @@ def _subtract_from_bias(
         return _requantize_bias(graph, bias, found, delta, names)
     if bias.const_value is not None and bias.const_value.dtype == ir.DataType.FLOAT:
         updated = bias.const_value.numpy().astype(np.float64) + delta
-        _set_constant(graph, node, 2, updated.astype(np.float32), names)
+        set_constant_input(graph, node, 2, updated.astype(np.float32), names)
         return int(np.count_nonzero(delta))
     return None
 
@@ -387,7 +387,7 @@ def _requantize_bias(
             "scale; leave this layer out of bias correction"
         )
     shape = q.shape if q.size == delta.size else delta.shape
-    _set_constant(graph, dq, 0, updated.astype(np.int32).reshape(shape), names)
+    set_constant_input(graph, dq, 0, updated.astype(np.int32).reshape(shape), names)
     return int(np.count_nonzero(steps))
 
 
@@ -459,7 +459,7 @@ def _correct_after_matmul(
             and (not constant.shape or constant.shape[-1] in (1, delta.size))
         ):
             updated = constant.numpy().astype(np.float64) + delta
-            _set_constant(graph, add, 1 - index, updated.astype(np.float32), names)
+            set_constant_input(graph, add, 1 - index, updated.astype(np.float32), names)
             return int(np.count_nonzero(delta))
     base = node.name or "MatMul"
     addend = add_initializer(graph, delta.astype(np.float32), names.fresh(f"{base}_bias"))
@@ -478,22 +478,3 @@ def _correct_after_matmul(
         result.name = names.fresh(f"{out.name or base}_corrected")
     graph.insert_after(node, add)
     return int(np.count_nonzero(delta))
-
-
-def _set_constant(
-    graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: NameSource
-) -> None:
-    """Give input ``index`` of ``node`` the data ``array``: in place when no one else reads
-    the constant, else as a new initializer."""
-    value = node.inputs[index]
-    alone = (
-        value.is_initializer()
-        and len(value.uses()) == 1
-        and not value.is_graph_output()
-        and not value.is_graph_input()
-    )
-    if alone:
-        value.const_value = ir.tensor(array, name=value.name)
-        value.shape = ir.Shape(array.shape)
-        return
-    node.replace_input_with(index, add_initializer(graph, array, names.fresh(value.name or "c")))

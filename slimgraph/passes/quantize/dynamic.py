@@ -22,9 +22,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_ir as ir
 
+from slimgraph.ir.graphs import all_graphs
 from slimgraph.ir.quant import QuantDType, QuantScheme, params_from_weight
 from slimgraph.passes.quantize.config import QuantConfig
-from slimgraph.passes.quantize.plan import NODE_PLAN_KEY, NodePlan, WeightRequest, all_graphs
+from slimgraph.passes.quantize.plan import NODE_PLAN_KEY, NodePlan, WeightRequest
 
 __all__ = ["InsertDynamic", "PlanDynamic"]
 

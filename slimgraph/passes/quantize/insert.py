@@ -19,18 +19,14 @@ import onnx_ir as ir
 
 from slimgraph.errors import PassError
 from slimgraph.ir.edit import NameSource, add_initializer
+from slimgraph.ir.graphs import all_graphs
 from slimgraph.ir.quant import (
     QUANT_PARAMS_KEY,
     QuantDType,
     QuantParams,
     params_from_weight,
 )
-from slimgraph.passes.quantize.plan import (
-    ACTIVATION_REQUEST_KEY,
-    NODE_PLAN_KEY,
-    NodePlan,
-    all_graphs,
-)
+from slimgraph.passes.quantize.plan import ACTIVATION_REQUEST_KEY, NODE_PLAN_KEY, NodePlan
 
 __all__ = ["REDUCED_WEIGHTS_KEY", "InsertQDQ"]
 

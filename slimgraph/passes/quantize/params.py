@@ -12,9 +12,10 @@ from collections.abc import Callable
 import onnx_ir as ir
 
 from slimgraph.errors import PassError
+from slimgraph.ir.graphs import all_graphs
 from slimgraph.ir.quant import QUANT_PARAMS_KEY, QuantParams, QuantScheme, params_from_range
 from slimgraph.ir.stats import CalibrationTable, TensorStats
-from slimgraph.passes.quantize.plan import ACTIVATION_REQUEST_KEY, ActivationRequest, all_graphs
+from slimgraph.passes.quantize.plan import ACTIVATION_REQUEST_KEY, ActivationRequest
 
 __all__ = ["AssignParams", "RangeMethod"]
 

@@ -15,12 +15,13 @@ The values that need calibration are those with requests of their own
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
 
+from slimgraph.ir.graphs import all_graphs, subgraph_holders
 from slimgraph.ir.quant import QuantScheme
 from slimgraph.passes.quantize.config import QuantConfig
 from slimgraph.passes.quantize.rules import (
@@ -39,7 +40,6 @@ __all__ = [
     "NodePlan",
     "PlanQuantization",
     "WeightRequest",
-    "all_graphs",
     "values_to_calibrate",
 ]
 
@@ -82,12 +82,6 @@ class NodePlan:
     absorbed_into: ir.Node | None = None
 
 
-def all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
-    """The main graph, then every subgraph, outer before inner."""
-    yield model.graph
-    yield from model.graph.subgraphs()
-
-
 class PlanQuantization(ir.passes.InPlacePass):
     """Attach a :class:`NodePlan` to every node and requests to the values to quantize."""
 
@@ -97,22 +91,11 @@ class PlanQuantization(ir.passes.InPlacePass):
         self.rules = rules_for(config.format)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        parents = _holders(model)
+        parents = subgraph_holders(model)
         for graph in all_graphs(model):
             _GraphPlanner(graph, self.config, self.rules,
                           observable=_in_if_branches(graph, model, parents)).run()
         return ir.passes.PassResult(model, modified=False)
-
-
-def _holders(model: ir.Model) -> dict[int, ir.Node]:
-    holders: dict[int, ir.Node] = {}
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                holders[id(attr.as_graph())] = node
-            elif attr.type == ir.AttributeType.GRAPHS:
-                holders.update({id(g): node for g in attr.as_graphs()})
-    return holders
 
 
 def _in_if_branches(graph: ir.Graph, model: ir.Model, holders: Mapping[int, ir.Node]) -> bool:

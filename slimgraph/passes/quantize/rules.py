@@ -133,6 +133,11 @@ _ORT_QDQ: dict[str, OpRule] = {
     "Expand": OpRule((A, X), OutputPolicy.SHARED, OpKind.FOLLOWER),
     "Tile": OpRule((A, X), OutputPolicy.SHARED, OpKind.FOLLOWER),
     "Gather": OpRule((A, X), OutputPolicy.SHARED, OpKind.FOLLOWER),
+    # QLinearSoftmax pays only between integer ops (attention scores feeding a quantized
+    # MatMul); its output is [0, 1] with its own parameters.
+    "Softmax": OpRule((A,), OutputPolicy.OWN, OpKind.FOLLOWER),
+    "Sigmoid": OpRule((A,), OutputPolicy.OWN, OpKind.FOLLOWER),
+    "LeakyRelu": OpRule((A,), OutputPolicy.OWN, OpKind.FOLLOWER),
 }
 
 _TABLES: Mapping[str, Mapping[str, OpRule]] = {"qdq": _ORT_QDQ, "qoperator": _ORT_QDQ}

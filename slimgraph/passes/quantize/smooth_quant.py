@@ -28,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from slimgraph.errors import DataError
-from slimgraph.ir.edit import NameSource, add_initializer
+from slimgraph.ir.edit import NameSource, add_initializer, set_constant_input
 from slimgraph.ir.quant import QuantParams, QuantScheme, params_from_range, params_from_weight
 from slimgraph.passes.calibrate import Observer
 from slimgraph.passes.protocols import Executor
@@ -378,7 +378,7 @@ class SmoothQuant(ir.passes.InPlacePass):
             trans_b = user.op_type == "Gemm" and _int_attr(user, "transB", 0)
             row_scales = scales[None, :] if trans_b else scales[:, None]
             weight = user.inputs[1].const_value.numpy().astype(np.float64)
-            _set_constant(graph, user, 1, (weight * row_scales).astype(np.float32), names)
+            set_constant_input(graph, user, 1, (weight * row_scales).astype(np.float32), names)
         inverse = (1.0 / scales.astype(np.float64)).astype(np.float32)
         if _fold_into_norm(graph, value, inverse, names):
             self.folded += 1
@@ -410,7 +410,7 @@ def _fold_into_norm(
             return False
     for index, param in present:
         data = param.const_value.numpy().astype(np.float64)
-        _set_constant(graph, norm, index, (data * inverse).astype(np.float32), names)
+        set_constant_input(graph, norm, index, (data * inverse).astype(np.float32), names)
     return True
 
 
@@ -428,22 +428,3 @@ def _insert_mul(
         user.replace_input_with(index, out)
     position = {node: i for i, node in enumerate(graph)}
     graph.insert_before(min(users, key=position.__getitem__), mul)
-
-
-def _set_constant(
-    graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: NameSource
-) -> None:
-    """Give input ``index`` of ``node`` the data ``array``: in place when no one else reads
-    the constant, else as a new initializer."""
-    value = node.inputs[index]
-    alone = (
-        value.is_initializer()
-        and len(value.uses()) == 1
-        and not value.is_graph_output()
-        and not value.is_graph_input()
-    )
-    if alone:
-        value.const_value = ir.tensor(array, name=value.name)
-        value.shape = ir.Shape(array.shape)
-        return
-    node.replace_input_with(index, add_initializer(graph, array, names.fresh(value.name or "c")))
