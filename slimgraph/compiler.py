@@ -79,6 +79,7 @@ class _Stages:
         start = time.perf_counter()
         yield
         self.seconds[name] = time.perf_counter() - start
+        logger.info("stage %s: done in %.1f s", name, self.seconds[name])
 
 
 def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> CompileResult:
@@ -107,17 +108,7 @@ def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> Com
     if approach == "weight_only":
         config = replace(config, weight_only=True)
     workspace = _workspace(spec, out, model)
-    recipes = spec.quantization.recipes
-    builder = CandidateBuilder(model, config, executor, calibration_data,
-                               batch_size=spec.quantization.calibration.batch_size,
-                               cache_dir=workspace.path, cache_key=workspace.identity,
-                               method_options=_method_options(spec),
-                               lower=lower_qoperator if config.format == "qoperator"
-                               else lower_qdq,
-                               dynamic=approach == "dynamic",
-                               smooth_alpha=(recipes.smooth_quant.alpha
-                                             if recipes.smooth_quant.enabled else None),
-                               bias_correction=recipes.bias_correction)
+    builder = _builder(spec, model, config, approach, executor, calibration_data, workspace)
     with stages.stage("score FP32"):
         judge = _judge(spec, executor, model, evaluation_data)
     with stages.stage("tune"):
@@ -285,6 +276,23 @@ def _is_transformer(model: ir.Model) -> bool:
         n.op_type == "MatMul" and all(v is not None and v.const_value is None for v in n.inputs)
         for n in ops)
     return has_softmax and activation_matmul
+
+
+def _builder(spec: Spec, model: ir.Model, config: QuantConfig, approach: str,
+             executor: OrtExecutor, calibration: DataSource,
+             workspace: Workspace) -> CandidateBuilder:
+    recipes = spec.quantization.recipes
+    return CandidateBuilder(
+        model, config, executor, calibration,
+        batch_size=spec.quantization.calibration.batch_size,
+        cache_dir=workspace.path,
+        cache_key=workspace.identity,
+        method_options=_method_options(spec),
+        lower=lower_qoperator if config.format == "qoperator" else lower_qdq,
+        dynamic=approach == "dynamic",
+        smooth_alpha=recipes.smooth_quant.alpha if recipes.smooth_quant.enabled else None,
+        bias_correction=recipes.bias_correction,
+    )
 
 
 def _method_options(spec: Spec) -> dict[str, dict[str, float]]:

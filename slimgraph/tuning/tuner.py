@@ -271,6 +271,8 @@ class Tuner:
                 break
             if node.name in current.candidate.float_nodes:
                 continue
+            if all(n.name in current.candidate.float_nodes for n in heavy if n is not node):
+                break  # keep at least one heavy op in INT8: the rest would be an FP32 model
             candidate = current.candidate.with_float([node.name],
                                                      label=f"{node.name} in FP32 for speed")
             if candidate.key() in seen:
