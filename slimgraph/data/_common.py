@@ -33,7 +33,10 @@ _LISTED_ENTRIES = 12
 def expand_path(value: str, field: str) -> Path:
     """Expand ``${VAR}``, ``$VAR`` and a leading ``~`` in ``value``.
 
-    An unset variable is a :class:`SpecError` naming ``field``, never left in the path.
+    An unset variable is a :class:`SpecError` naming ``field``, never left in the path. A
+    variable that starts the path and holds a relative path (``SLIMGRAPH_DATA=../data``) is
+    read from the working directory, where the shell that set it stands, not from the spec's
+    folder.
     """
 
     def substitute(match: re.Match[str]) -> str:
@@ -43,7 +46,10 @@ def expand_path(value: str, field: str) -> Path:
                 f"{field}: environment variable {name!r} is not set (used in {value!r}); "
                 "set it or write the path out"
             )
-        return os.environ[name]
+        found = os.environ[name]
+        if match.start() == 0 and found and not os.path.isabs(os.path.expanduser(found)):
+            return os.path.abspath(found)
+        return found
 
     return Path(_VARIABLE.sub(substitute, value)).expanduser()
 

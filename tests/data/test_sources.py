@@ -62,6 +62,16 @@ def test_expand_path_reads_variables_and_home(monkeypatch: pytest.MonkeyPatch) -
     assert expand_path("~/x", "f") == Path("/home/me/x")
 
 
+def test_relative_variable_is_read_from_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SG_ROOT", "../sets")
+    assert expand_path("${SG_ROOT}/a", "f") == tmp_path.parent / "sets" / "a"
+    # A variable inside the path is spliced in as it is.
+    assert expand_path("runs/$SG_ROOT", "f") == Path("runs/../sets")
+
+
 def test_unset_variable_names_field_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SG_UNSET_FOR_TEST", raising=False)
     with pytest.raises(SpecError, match=r"image_folder\.root: .*'SG_UNSET_FOR_TEST' is not set"):
