@@ -361,8 +361,8 @@ def _peer_tables(summary: dict[str, Any], layouts: list[str]) -> list[str]:
 def _verdicts(summary: dict[str, Any], layout: str | None) -> list[str]:
     lines = ["## Verdicts", "",
              f"A row meets its goal when slimgraph's INT8 stays within {ACCURACY_GOAL:.0%} "
-             "relative of FP32 and is at least as fast as every peer whose accuracy is equal "
-             "or better.", ""]
+             "relative of FP32, runs faster than FP32, and is at least as fast as every peer "
+             "whose accuracy is equal or better.", ""]
     for row in summary["rows"]:
         lines.append(f"- **{row['name']}**: {verdict(row, layout)}")
     return lines
@@ -375,6 +375,9 @@ def verdict(row: dict[str, Any], layout: str | None) -> str:
     if row["weights"] == "pretrained" and ratio is not None and ratio < -ACCURACY_GOAL:
         problems.append(f"accuracy ratio {ratio * 100:+.2f}% is outside the goal")
     our_speed = ours["speed"].get(layout, {}).get("samples_per_second") if layout else None
+    our_ratio = ours["speed"].get(layout, {}).get("ratio") if layout else None
+    if our_ratio is not None and our_ratio < 1.0:
+        problems.append(f"INT8 runs slower than FP32 ({our_ratio:.2f}x)")
     for tool, data in row["tools"].items():
         if tool == "slimgraph" or data["score"] is None or our_speed is None:
             continue

@@ -105,8 +105,14 @@ class CandidateBuilder:
         self._tables: dict[bool, CalibrationTable] = {}
 
     def config_for(self, candidate: Candidate) -> QuantConfig:
-        return self.config.with_float(op_types=candidate.float_op_types,
-                                      nodes=candidate.float_nodes)
+        config = self.config
+        for name in sorted(candidate.float_op_types):
+            config = config.with_float(op_types=frozenset([name]),
+                                       reason=candidate.reason_for(name))
+        for name in sorted(candidate.float_nodes):
+            config = config.with_float(nodes=frozenset([name]),
+                                       reason=candidate.reason_for(name))
+        return config
 
     def plan(self, candidate: Candidate,
              unseen: frozenset[str] = frozenset()) -> tuple[ir.Model, list[PassRecord]]:

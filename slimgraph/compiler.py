@@ -140,6 +140,8 @@ def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> Com
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("compiled %s: %s", spec.display_name(), report.row())
+    for text in report.warnings():
+        logger.warning("%s: %s", spec.display_name(), text)
     return CompileResult(out, report, tuning.met_goal)
 
 

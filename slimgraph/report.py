@@ -66,10 +66,25 @@ class CompileReport:
             return None
         return self.int8.throughput / self.fp32.throughput
 
+    def warnings(self) -> list[str]:
+        """What a user must know before deploying the INT8 model, one sentence each."""
+        found = []
+        perf = self.performance_ratio
+        if perf is not None and perf < 1.0:
+            found.append(
+                f"INT8 runs slower than FP32 on this target ({perf:.2f}x): no placement of "
+                "integer ops that tuning tried paid for its conversions; deploy the FP32 model "
+                "unless size matters more than speed")
+        if self.tuning and self.tuning.get("met_goal") is False:
+            found.append("no trial met the accuracy goal: this is the best model found, "
+                         "not one that meets the goal")
+        return found
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["accuracy_ratio"] = self.accuracy_ratio
         data["performance_ratio"] = self.performance_ratio
+        data["warnings"] = self.warnings()
         return data
 
     def row(self) -> str:
@@ -91,6 +106,7 @@ class CompileReport:
             "|---|---|---|---|---|---|---|",
             self.row(),
             "",
+            *[f"**Warning:** {text}.\n" for text in self.warnings()],
             f"Accuracy is {self.metric} on {self.evaluated_samples} samples. Throughput: "
             f"{_describe_benchmark(self.benchmark)}.",
             "",

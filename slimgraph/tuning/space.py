@@ -27,6 +27,8 @@ class Candidate:
     float_op_types: frozenset[str] = frozenset()
     method: str = "minmax"
     label: str = "default"
+    # Why each node or op type went to FP32, for the report; not part of the identity.
+    reasons: tuple[tuple[str, str], ...] = ()
 
     def key(self) -> str:
         """A stable identity, the same across runs (used to resume from a workspace)."""
@@ -35,22 +37,36 @@ class Candidate:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def with_float(self, nodes: Iterable[str] = (), op_types: Iterable[str] = (), *,
-                   label: str) -> Candidate:
-        return Candidate(self.float_nodes | frozenset(nodes),
-                         self.float_op_types | frozenset(op_types), self.method, label)
+                   label: str, reason: str | None = None) -> Candidate:
+        """Also keep ``nodes`` and ``op_types`` in FP32; ``reason`` (default: the label) is
+        what the report gives for each of them."""
+        nodes, op_types = frozenset(nodes), frozenset(op_types)
+        why = reason or f"kept in FP32 by tuning for accuracy ({label})"
+        known = dict(self.reasons)
+        added = tuple((name, why) for name in sorted(nodes | op_types)
+                      if name not in known and name not in self.float_nodes
+                      and name not in self.float_op_types)
+        return Candidate(self.float_nodes | nodes, self.float_op_types | op_types,
+                         self.method, label, self.reasons + added)
 
     def with_method(self, method: str, *, label: str) -> Candidate:
-        return Candidate(self.float_nodes, self.float_op_types, method, label)
+        return Candidate(self.float_nodes, self.float_op_types, method, label, self.reasons)
+
+    def reason_for(self, name: str) -> str:
+        """Why the node or op type ``name`` is in FP32 in this candidate."""
+        return dict(self.reasons).get(name, "kept in FP32 by tuning")
 
     def to_json(self) -> dict[str, object]:
         return {"float_nodes": sorted(self.float_nodes),
                 "float_op_types": sorted(self.float_op_types),
-                "method": self.method, "label": self.label}
+                "method": self.method, "label": self.label,
+                "reasons": [list(pair) for pair in self.reasons]}
 
     @classmethod
     def from_json(cls, data: dict) -> Candidate:  # type: ignore[type-arg]
         return cls(frozenset(data["float_nodes"]), frozenset(data["float_op_types"]),
-                   str(data["method"]), str(data["label"]))
+                   str(data["method"]), str(data["label"]),
+                   tuple((str(a), str(b)) for a, b in data.get("reasons", ())))
 
 
 @dataclass(frozen=True)

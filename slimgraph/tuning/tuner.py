@@ -273,8 +273,9 @@ class Tuner:
                 continue
             if all(n.name in current.candidate.float_nodes for n in heavy if n is not node):
                 break  # keep at least one heavy op in INT8: the rest would be an FP32 model
-            candidate = current.candidate.with_float([node.name],
-                                                     label=f"{node.name} in FP32 for speed")
+            candidate = current.candidate.with_float(
+                [node.name], label=f"{node.name} in FP32 for speed",
+                reason="its integer kernel ran slower than float on this target")
             if candidate.key() in seen:
                 continue
             trial, model = self._trial(len(trials) + 1, candidate, measure=True)
