@@ -101,7 +101,8 @@ def compile_spec(spec: Spec, out_dir: str | Path, *, fresh: bool = False) -> Com
     with stages.stage("lift"):
         model = _lift(spec, executor)
     with stages.stage("clean-up"):
-        cleanup_records = sir.PassManager(cleanup_passes()).run(model)
+        cpu_only = list(spec.runtime.providers) == ["CPUExecutionProvider"]
+        cleanup_records = sir.PassManager(cleanup_passes(cpu_only=cpu_only)).run(model)
 
     spec = _fit_batch_sizes(spec, model)
     approach, approach_reason = _approach(spec, model)

@@ -14,14 +14,20 @@ from onnxscript.optimizer._constant_folding import FoldConstantsPass
 
 from slimgraph.passes.fold_batchnorm import FoldBatchNorm
 from slimgraph.passes.fold_conv_add import FoldConvAdd
+from slimgraph.passes.residual_sum import ResidualAddAsSum
 from slimgraph.passes.simplify import Simplify
 from slimgraph.passes.upgrade_opset import UpgradeOpset
 
 __all__ = ["cleanup_passes"]
 
 
-def cleanup_passes(*, min_opset: int = 13) -> list[ir.passes.PassBase]:
-    """Clean-up passes in the order they run; each is named in the log by its class."""
+def cleanup_passes(*, min_opset: int = 13, cpu_only: bool = False) -> list[ir.passes.PassBase]:
+    """Clean-up passes in the order they run; each is named in the log by its class.
+
+    ``cpu_only`` (the model runs on onnxruntime's CPU provider alone) adds the rewrites that
+    keep that provider off fusions it runs slower than the unfused ops.
+    """
+    cpu_rewrites: list[ir.passes.PassBase] = [ResidualAddAsSum()] if cpu_only else []
     return [
         UpgradeOpset(min_opset),
         # Models from before ONNX IR 4 list every weight as a graph input too; as inputs
@@ -33,6 +39,7 @@ def cleanup_passes(*, min_opset: int = 13) -> list[ir.passes.PassBase]:
         FoldBatchNorm(),
         FoldConvAdd(),
         Simplify(),
+        *cpu_rewrites,
         common.IdentityEliminationPass(),
         common.RemoveUnusedNodesPass(),
         common.ShapeInferencePass(),

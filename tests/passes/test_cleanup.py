@@ -19,6 +19,7 @@ from slimgraph import ir as sir
 from slimgraph.passes.cleanup import cleanup_passes
 from slimgraph.passes.fold_batchnorm import FoldBatchNorm
 from slimgraph.passes.fold_conv_add import FoldConvAdd
+from slimgraph.passes.residual_sum import ResidualAddAsSum
 from slimgraph.passes.simplify import Simplify
 from slimgraph.passes.upgrade_opset import UpgradeOpset
 
@@ -459,6 +460,65 @@ def test_simplify_leaves_rank3_matmul_add_alone() -> None:
     assert not record.modified
     assert _ops(model) == ["MatMul", "Add"]
     _assert_same_numbers(original, model, atol=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# ResidualAddAsSum
+
+
+#   x[1,4,8] -> MatMul(w) -> Add(bias) -> Add(x) -> LayerNormalization -> y
+#                                           (also a graph output "r" when shared)
+def residual_norm(*, shared: bool = False) -> ir.Model:
+    b = _Builder()
+    x = b.input("x", [1, 4, 8])
+    matmul = ir.node("MatMul", [x, b.const("w", (8, 8))], name="matmul")
+    bias = ir.node("Add", [matmul.outputs[0], b.const("bias", (8,))], name="bias")
+    residual = ir.node("Add", [bias.outputs[0], x], name="residual")
+    norm = ir.node("LayerNormalization", [residual.outputs[0], b.const("gamma", (8,)),
+                                          b.const("beta", (8,))], name="norm")
+    residual.outputs[0].name, norm.outputs[0].name = "r", "y"
+    outputs = [norm.outputs[0], residual.outputs[0]] if shared else [norm.outputs[0]]
+    return b.model([matmul, bias, residual, norm], [x], outputs)
+
+
+def _fused_ops(model: ir.Model, tmp_path: Path) -> list[str]:
+    """The op types onnxruntime's CPU provider runs after its own graph optimizations."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    # The fusion is one of the extended optimizations; the level above adds layout changes.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    proto = ir.serde.serialize_model(model)
+    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_residual_add_as_sum_keeps_onnxruntime_off_skip_layer_norm(tmp_path: Path) -> None:
+    model = residual_norm()
+    original = ir.serde.serialize_model(model)
+    assert "SkipLayerNormalization" in _fused_ops(model, tmp_path)
+
+    record = _run_pass(ResidualAddAsSum(), model)
+
+    assert record.modified and record.delta == {"Add": -1, "Sum": 1}
+    assert _ops(model) == ["MatMul", "Add", "Sum", "LayerNormalization"]
+    assert "SkipLayerNormalization" not in _fused_ops(model, tmp_path)
+    # The original ran fused, in another order of float additions.
+    _assert_same_numbers(original, model)
+
+
+def test_residual_add_as_sum_leaves_a_shared_add_alone() -> None:
+    model = residual_norm(shared=True)
+
+    record = _run_pass(ResidualAddAsSum(), model)
+
+    assert not record.modified
+    assert _ops(model) == ["MatMul", "Add", "Add", "LayerNormalization"]
+
+
+def test_cleanup_adds_the_cpu_rewrites_only_for_cpu_sessions() -> None:
+    names = [type(p).__name__ for p in cleanup_passes()]
+    assert "ResidualAddAsSum" not in names
+    assert "ResidualAddAsSum" in [type(p).__name__ for p in cleanup_passes(cpu_only=True)]
 
 
 # ---------------------------------------------------------------------------------------------
