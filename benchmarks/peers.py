@@ -130,7 +130,7 @@ def ort_static_best(
     def work() -> None:
         with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
             prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(fp32), str(prepared))
+            _pre_process(fp32, prepared)
             quantize_static(
                 str(prepared),
                 str(out),
@@ -164,7 +164,7 @@ def ort_dynamic(fp32: Path, out: Path, target: Target | None = None) -> Path | P
     def work() -> None:
         with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
             prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(fp32), str(prepared))
+            _pre_process(fp32, prepared)
             quantize_dynamic(
                 str(prepared),
                 str(out),
@@ -214,6 +214,18 @@ class _Reader(CalibrationDataReader):
     def get_next(self) -> dict[str, np.ndarray] | None:
         feed = next(self._feeds, None)
         return None if feed is None else dict(feed)
+
+
+def _pre_process(fp32: Path, prepared: Path) -> None:
+    """``quant_pre_process``; when its symbolic shape inference breaks on the model (it does
+    on the Expand of torch-exported attention masks), again with ``skip_symbolic_shape``, the
+    switch ORT provides for such models, so that the optimisation step still runs."""
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+    except Exception as exc:  # onnxruntime's inference raises whatever Python raises inside
+        logger.info("quant_pre_process: symbolic shape inference failed (%s: %s); again "
+                    "with skip_symbolic_shape=True", type(exc).__name__, exc)
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
 
 
 def _attempt(peer: str, out: Path, work: Callable[[], None], settings: str) -> Path | PeerFailure:
