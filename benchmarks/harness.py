@@ -39,9 +39,11 @@ __all__ = [
     "BenchmarkError",
     "Layout",
     "MachineInfo",
+    "PairedRatio",
     "Result",
     "machine_info",
     "measure",
+    "paired_ratio",
     "plan_layout",
 ]
 
@@ -114,6 +116,52 @@ class MachineInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    """How many times as fast one model is as another, from windows timed side by side.
+
+    ``median`` is the median over repeats of the ratio of the two windows of a repeat, which
+    ran back to back and so met the same state of a shared machine. ``low`` and ``high`` bound
+    that median with at least ``confidence`` (order statistics, no assumption on the noise):
+    when the interval holds 1.0, the run cannot tell the two models apart.
+    """
+
+    median: float
+    low: float
+    high: float
+    confidence: float
+    repeats: int
+
+    def distinguishable(self) -> bool:
+        return self.low > 1.0 or self.high < 1.0
+
+    def describe(self) -> str:
+        return (f"{self.median:.2f}x ({self.confidence:.0%} interval {self.low:.2f}-"
+                f"{self.high:.2f}x over {self.repeats} repeats)")
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float],
+                 confidence: float = 0.95) -> PairedRatio:
+    """``numerator`` over ``denominator``, repeat by repeat (throughputs of windows timed in
+    the same repeats), with a distribution-free interval for the median ratio.
+
+    The interval is the k-th smallest to the k-th largest ratio, k the largest rank whose
+    binomial tail keeps the stated confidence; with too few repeats for it, the whole range.
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"repeats: expected two equal, non-empty series, found "
+                         f"{len(numerator)} and {len(denominator)}")
+    ratios = sorted(a / b for a, b in zip(numerator, denominator, strict=True))
+    n = len(ratios)
+    k, covered = 1, 1.0 - 2 * 0.5**n
+    for rank in range(2, n // 2 + 1):
+        tail = sum(math.comb(n, i) for i in range(rank)) * 0.5**n
+        if 1.0 - 2 * tail < confidence:
+            break
+        k, covered = rank, 1.0 - 2 * tail
+    return PairedRatio(statistics.median(ratios), ratios[k - 1], ratios[n - k], covered, n)
 
 
 def machine_info() -> MachineInfo:
