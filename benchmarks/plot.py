@@ -27,7 +27,9 @@ def plot_accuracy_vs_speedup(rows: Iterable[Mapping[str, Any]], path: Path) -> P
     Each row is ``{model, tool, accuracy_ratio, performance_ratio}``: ``accuracy_ratio`` is the
     fraction (INT8 - FP32) / FP32 (-0.0005 for -0.05 %), drawn in percent on y;
     ``performance_ratio`` is INT8 throughput over FP32 throughput, on x. Rows where either is
-    None (a tool that failed) are skipped. Dashed lines mark the accuracy goal and x = 1.
+    None (a tool that failed) are skipped. Each model gets a panel of its own, since the tools
+    of one model crowd within a fraction of a percent; one marker per tool across panels.
+    Dashed lines mark the accuracy goal and x = 1.
     """
     points = [
         r
@@ -35,29 +37,39 @@ def plot_accuracy_vs_speedup(rows: Iterable[Mapping[str, Any]], path: Path) -> P
         if r.get("accuracy_ratio") is not None and r.get("performance_ratio") is not None
     ]
     tools = list(dict.fromkeys(str(r["tool"]) for r in points))
+    models = list(dict.fromkeys(str(r["model"]) for r in points))
     markers = dict(zip(tools, itertools.cycle(_MARKERS), strict=False))
+    columns = min(4, max(1, len(models)))
+    lines = max(1, -(-len(models) // columns))
 
-    figure = Figure(figsize=(7, 5), dpi=120)
+    figure = Figure(figsize=(3.2 * columns, 2.6 * lines + 0.8), dpi=110)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for tool in tools:
-        mine = [r for r in points if r["tool"] == tool]
-        xs = [float(r["performance_ratio"]) for r in mine]
-        ys = [100.0 * float(r["accuracy_ratio"]) for r in mine]
-        axes.scatter(xs, ys, marker=markers[tool], s=50, label=tool)
-        for x, y, row in zip(xs, ys, mine, strict=True):
-            axes.annotate(
-                str(row["model"]), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8
+    for index, model in enumerate(models, start=1):
+        axes = figure.add_subplot(lines, columns, index)
+        for tool_index, tool in enumerate(tools):
+            mine = [r for r in points if r["model"] == model and r["tool"] == tool]
+            axes.scatter(
+                [float(r["performance_ratio"]) for r in mine],
+                [100.0 * float(r["accuracy_ratio"]) for r in mine],
+                marker=markers[tool],
+                s=45,
+                color=f"C{tool_index}",
+                label=tool,
             )
-    axes.axhline(ACCURACY_GOAL_PERCENT, linestyle="--", color="grey", linewidth=1)
-    axes.axvline(1.0, linestyle="--", color="grey", linewidth=1)
-    axes.set_xlabel("throughput INT8 / FP32")
-    axes.set_ylabel("accuracy change (INT8 - FP32) / FP32, %")
-    axes.set_title("INT8 accuracy against speed-up")
+        axes.axhline(ACCURACY_GOAL_PERCENT, linestyle="--", color="grey", linewidth=1)
+        axes.axvline(1.0, linestyle="--", color="grey", linewidth=1)
+        axes.set_title(model, fontsize=9)
+        axes.tick_params(labelsize=7)
+        axes.grid(alpha=0.3)
+    figure.supxlabel("throughput INT8 / FP32", fontsize=9)
+    figure.supylabel("accuracy change (INT8 - FP32) / FP32, %", fontsize=9)
     if tools:
-        axes.legend(title="tool", fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
+        handles = [
+            figure.axes[0].scatter([], [], marker=markers[t], color=f"C{i}", label=t)
+            for i, t in enumerate(tools)
+        ]
+        figure.legend(handles=handles, loc="upper center", ncols=min(len(tools), 5), fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.6 * lines + 0.8)))
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
