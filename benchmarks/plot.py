@@ -10,6 +10,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 __all__ = ["ACCURACY_GOAL_PERCENT", "plot_accuracy_vs_speedup"]
 
@@ -65,7 +66,7 @@ def plot_accuracy_vs_speedup(rows: Iterable[Mapping[str, Any]], path: Path) -> P
     figure.supylabel("accuracy change (INT8 - FP32) / FP32, %", fontsize=9)
     if tools:
         handles = [
-            figure.axes[0].scatter([], [], marker=markers[t], color=f"C{i}", label=t)
+            Line2D([], [], linestyle="", marker=markers[t], color=f"C{i}", label=t)
             for i, t in enumerate(tools)
         ]
         figure.legend(handles=handles, loc="upper center", ncols=min(len(tools), 5), fontsize=8)

@@ -373,8 +373,9 @@ def _verdicts(summary: dict[str, Any], layout: str | None) -> list[str]:
              "relative of FP32, runs faster than FP32, and is at least as fast as every peer "
              "whose accuracy is equal or better. Speeds are compared repeat by repeat (the "
              "windows of a repeat ran back to back): a peer counts as faster only when the "
-             "95% interval of the median paired ratio lies above 1.0; otherwise the run cannot "
-             "tell the two apart and the verdict says so.", ""]
+             "order-statistics interval of the median paired ratio (its confidence printed "
+             "beside it: 96% with 15 repeats) lies above 1.0; otherwise the run cannot tell "
+             "the two apart and the verdict says so.", ""]
     for row in summary["rows"]:
         lines.append(f"- **{row['name']}**: {verdict(row, layout)}")
     return lines
@@ -408,12 +409,7 @@ def verdict(row: dict[str, Any], layout: str | None) -> str:
 
 
 def _speed_ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> harness.PairedRatio:
-    """Paired over repeats when both carry them; else the ratio of the medians."""
-    a, b = numerator.get("repeats"), denominator.get("repeats")
-    if a and b and len(a) == len(b):
-        return harness.paired_ratio(a, b)
-    value = numerator["samples_per_second"] / denominator["samples_per_second"]
-    return harness.PairedRatio(value, value, value, 0.0, 1)
+    return harness.paired_ratio(numerator["repeats"], denominator["repeats"])
 
 
 def _say(problems: list[str], ties: list[str]) -> str:

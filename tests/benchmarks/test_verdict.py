@@ -12,10 +12,9 @@ from benchmarks.run import verdict
 
 def _speed(speed: float, repeats: list[float] | None = None,
            fp32_speed: float = 100.0) -> dict[str, Any]:
-    timed = {"samples_per_second": speed, "ratio": speed / fp32_speed}
-    if repeats is not None:
-        timed["repeats"] = repeats
-    return {"1": timed}
+    # One repeat unless given: the paired ratio is then the plain ratio.
+    return {"1": {"samples_per_second": speed, "ratio": speed / fp32_speed,
+                  "repeats": repeats or [speed]}}
 
 
 def _tool(ratio: float, speed: float, repeats: list[float] | None = None) -> dict[str, Any]:
